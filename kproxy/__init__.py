@@ -1,0 +1,3 @@
+"""kproxy: a Kubernetes service proxy, a drop-in replacement for kube-proxy."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Pure object model: Kubernetes API objects parsed and validated into frozen records."""
