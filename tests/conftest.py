@@ -1,4 +1,4 @@
-"""Shared test configuration: the ``kernel`` marker skips, with the reason, where the lab cannot run."""
+"""Shared test configuration: ``kernel`` tests skip, with the reason, where the lab cannot run."""
 
 from __future__ import annotations
 

@@ -1,0 +1,137 @@
+"""``kproxy run``: wire a source, the state tracker, the sync runner and a proxier together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+from kproxy.clock import Clock, SystemClock
+from kproxy.config import ProxyConfig
+from kproxy.kube.transport import KubeTransport
+from kproxy.objectfile import ObjectFileError, load_object_file
+from kproxy.proxier import Proxier, SnapshotLogger
+from kproxy.rejections import RejectionLog
+from kproxy.runner import SyncRunner
+from kproxy.sources import ApiSource, feed_objects
+from kproxy.state import StateTracker
+
+log = logging.getLogger(__name__)
+
+
+def make_proxier(config: ProxyConfig) -> Proxier:
+    # The forwarding modes plug in here; until then every mode logs what it would program.
+    return SnapshotLogger()
+
+
+class ProxyService:
+    """One node's proxy: tracker + runner + proxier, fed by whatever source is attached."""
+
+    def __init__(self, config: ProxyConfig, proxier: Proxier, clock: Clock) -> None:
+        self.config = config
+        self.proxier = proxier
+        self.clock = clock
+        self.rejections = RejectionLog()
+        self.runner = SyncRunner(
+            self._sync,
+            clock=clock,
+            min_interval=config.min_sync_period,
+            max_interval=config.sync_period,
+        )
+        self.tracker = StateTracker(on_change=self._on_change)
+        self.ready = asyncio.Event()
+        self.last_sync_ok: bool | None = None
+
+    def _on_change(self) -> None:
+        if self.tracker.ready:
+            self.ready.set()
+        self.runner.request()
+
+    async def _sync(self) -> bool:
+        if not self.tracker.ready:
+            # A partial view would delete live services: wait for both first lists.
+            return True
+        snapshot = self.tracker.snapshot()
+        result = await self.proxier.sync(snapshot)
+        self.last_sync_ok = result.ok
+        if result.ok:
+            self.tracker.sync_succeeded(snapshot)
+        else:
+            log.error("sync failed: %s", result.error)
+        return result.ok
+
+
+async def run_proxy(config: ProxyConfig) -> int:
+    clock = SystemClock()
+    service = ProxyService(config, make_proxier(config), clock)
+    try:
+        if config.from_file:
+            return await _run_from_file(service)
+        return await _run_from_api(service)
+    finally:
+        await service.proxier.close()
+
+
+async def _run_from_file(service: ProxyService) -> int:
+    config = service.config
+    assert config.from_file is not None
+    try:
+        objects = load_object_file(config.from_file)
+    except ObjectFileError as error:
+        log.error("%s", error)
+        return 1
+    feed_objects(
+        objects,
+        service.tracker,
+        service.rejections,
+        node_name=config.hostname,
+        proxy_name=config.service_proxy_name,
+    )
+    ok = await service._sync()
+    if config.once:
+        return 0 if ok else 1
+    # Without --once the file is a static source: keep the rules and resync periodically.
+    await _until_signalled(service.runner)
+    return 0
+
+
+async def _run_from_api(service: ProxyService) -> int:
+    config = service.config
+    try:
+        transport = await KubeTransport.connect(config.kubeconfig, config.master)
+    except Exception as error:
+        log.error("cannot configure the Kubernetes client: %s", error)
+        return 1
+    log.info("kproxy watching %s as node %s", transport.host, config.hostname)
+    source = ApiSource(
+        transport,
+        service.tracker,
+        service.rejections,
+        node_name=config.hostname,
+        proxy_name=config.service_proxy_name,
+        clock=service.clock,
+    )
+    source_task = asyncio.create_task(source.run())
+    try:
+        if config.once:
+            await service.ready.wait()
+            return 0 if await service._sync() else 1
+        await _until_signalled(service.runner)
+        return 0
+    finally:
+        source_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await source_task
+        await transport.close()
+
+
+async def _until_signalled(runner: SyncRunner) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, runner.stop)
+    try:
+        await runner.run_forever()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,254 @@
+"""The ``kproxy`` command: ``run``, ``rules``, ``cleanup``, ``devapi`` and ``demo``.
+
+Imports stay light: a subcommand's machinery (the proxy runtime, the dev API server) is
+imported only when that subcommand runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import TextIO
+
+from kproxy import __version__
+from kproxy.config import (
+    ConfigError,
+    LoggingFormat,
+    ProxyConfig,
+    add_run_flags,
+    config_from_args,
+    normalise_argv,
+)
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[argparse.Namespace], int]
+
+DEVAPI_MODULE = "kproxy.devcluster.apiserver.command"
+USAGE_ERROR = 2
+_RUN_EPILOG = (
+    "Flags follow kube-proxy's syntax: --flag value, --flag=value, booleans as --flag or "
+    "--flag=true|false, durations as 30s, 1m0s or 500ms."
+)
+_NOT_YET_AVAILABLE = {
+    "rules": "print the rules kproxy would program, without applying them",
+    "cleanup": "remove every rule kproxy created, then exit",
+    "demo": "start a dev cluster with nodes and pods in network namespaces",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    command = _selected_command(arguments)
+    if command == "run":
+        # pflag syntax for run's flags (see kproxy.config.flags); the rest is plain argparse.
+        position = arguments.index(command) + 1
+        arguments = arguments[:position] + normalise_argv(arguments[position:])
+    parser = build_parser(load_devapi=command == "devapi")
+    try:
+        args, extra = parser.parse_known_args(arguments)
+        if extra and not getattr(args, "takes_any_arguments", False):
+            command_parser: argparse.ArgumentParser = getattr(args, "command_parser", parser)
+            command_parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as exit_request:
+        return _exit_code(exit_request)
+    handler: Handler = args.handler
+    return handler(args)
+
+
+def build_parser(*, load_devapi: bool = False) -> argparse.ArgumentParser:
+    """The command line; the dev API server's own flags are loaded only when asked for."""
+    parser = argparse.ArgumentParser(
+        prog="kproxy",
+        description="A Kubernetes service proxy: a drop-in replacement for kube-proxy.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--version", action="version", version=f"kproxy {__version__}")
+    commands = parser.add_subparsers(title="commands", dest="command", required=True)
+
+    run = commands.add_parser(
+        "run",
+        help="run the proxy on this node (kube-proxy's flags and config file)",
+        description="Run the proxy on this node.",
+        epilog=_RUN_EPILOG,
+        usage="kproxy run [flags]",
+        allow_abbrev=False,
+    )
+    add_run_flags(run)
+    run.set_defaults(handler=run_command, command_parser=run)
+
+    for name in ("rules", "cleanup"):
+        _add_not_yet_available(commands, name)
+    _add_devapi(commands, load=load_devapi)
+    _add_not_yet_available(commands, "demo")
+    return parser
+
+
+def run_command(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+    except ConfigError as error:
+        print(f"kproxy: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    configure_logging(config.logging_format, config.verbosity)
+    for notice in config.notices:
+        log.log(notice.level, "%s", notice.message)
+    if config.cleanup_and_exit:
+        return _not_yet_available("cleanup (--cleanup)")
+    if config.init_only:
+        log.info("--init-only: kproxy needs no privileged initialisation; exiting")
+        return 0
+    return _run_proxy(config)
+
+
+def _run_proxy(config: ProxyConfig) -> int:
+    try:
+        app = importlib.import_module("kproxy.app")
+    except ModuleNotFoundError as error:
+        if error.name != "kproxy.app":
+            raise
+        print("kproxy: the proxy runtime (kproxy.app) is not available", file=sys.stderr)
+        return 1
+    try:
+        return int(asyncio.run(app.run_proxy(config)))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _add_devapi(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], *, load: bool
+) -> None:
+    help_text = "serve an in-memory Kubernetes API for tests and demos"
+    devapi = commands.add_parser("devapi", help=help_text, description=help_text)
+    module: ModuleType | None = None
+    if load:
+        try:
+            module = importlib.import_module(DEVAPI_MODULE)
+        except ImportError as error:
+            unavailable = f"kproxy devapi: not available ({error})"
+            devapi.set_defaults(handler=lambda _args: _fail(unavailable), takes_any_arguments=True)
+            return
+    if module is None:
+        # Only listed: `kproxy devapi ...` loads the real parser (load=True).
+        devapi.set_defaults(handler=lambda _args: _fail("kproxy devapi: not loaded"))
+        return
+    module.add_arguments(devapi)
+    loaded = module
+    devapi.set_defaults(handler=lambda args: int(loaded.run(args)), command_parser=devapi)
+
+
+def _add_not_yet_available(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str
+) -> None:
+    purpose = _NOT_YET_AVAILABLE[name]
+    command = commands.add_parser(
+        name, help=f"{purpose} (not yet available)", description=f"{purpose.capitalize()}."
+    )
+    command.set_defaults(handler=lambda _args: _not_yet_available(name), takes_any_arguments=True)
+
+
+def _not_yet_available(what: str) -> int:
+    return _fail(f"kproxy {what}: not yet available in this version of kproxy")
+
+
+def _fail(message: str) -> int:
+    print(message, file=sys.stderr)
+    return USAGE_ERROR
+
+
+def _selected_command(arguments: Sequence[str]) -> str | None:
+    # The top-level options (--help, --version) take no values, so the first
+    # non-option argument is the subcommand.
+    return next((argument for argument in arguments if not argument.startswith("-")), None)
+
+
+def _exit_code(exit_request: SystemExit) -> int:
+    code = exit_request.code
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else USAGE_ERROR
+
+
+# -- logging -------------------------------------------------------------------------------
+
+_HANDLER_NAME = "kproxy"
+_KLOG_SEVERITY = {logging.CRITICAL: "F", logging.ERROR: "E", logging.WARNING: "W"}
+
+
+def verbosity_level(verbosity: int) -> int:
+    """The logging level of klog's ``V(verbosity)``: V(0) is INFO, each step one lower."""
+    return max(1, logging.INFO - verbosity)
+
+
+def configure_logging(
+    logging_format: LoggingFormat, verbosity: int, *, stream: TextIO | None = None
+) -> None:
+    """Log to stderr in klog's text layout or as JSON lines, showing ``V(verbosity)`` and up.
+
+    Calling it again replaces kproxy's handler instead of adding a second one.
+    """
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.set_name(_HANDLER_NAME)
+    formatter = JsonLogFormatter() if logging_format is LoggingFormat.JSON else KlogTextFormatter()
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for existing in list(root.handlers):
+        if existing.get_name() == _HANDLER_NAME:
+            root.removeHandler(existing)
+    root.addHandler(handler)
+    root.setLevel(verbosity_level(verbosity))
+
+
+class KlogTextFormatter(logging.Formatter):
+    """``I0611 14:23:21.104875   12345 module.py:64] message``, as klog lays out its lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        severity = _severity_letter(record.levelno)
+        moment = time.localtime(record.created)
+        micros = int(record.created % 1 * 1_000_000)
+        header = (
+            f"{severity}{time.strftime('%m%d %H:%M:%S', moment)}.{micros:06d} "
+            f"{record.process or os.getpid():7d} {record.filename}:{record.lineno}]"
+        )
+        text = f"{header} {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line with klog's JSON keys: ts, caller, msg, v (and err)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": round(record.created, 6),
+            "caller": f"{record.filename}:{record.lineno}",
+            "msg": record.getMessage(),
+            "logger": record.name,
+        }
+        if record.levelno >= logging.WARNING:
+            entry["level"] = logging.getLevelName(record.levelno).lower()
+        else:
+            entry["v"] = max(0, logging.INFO - record.levelno)
+        if record.exc_info:
+            entry["err"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def _severity_letter(level: int) -> str:
+    for threshold, letter in _KLOG_SEVERITY.items():
+        if level >= threshold:
+            return letter
+    return "I"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The ``kproxy devapi`` subcommand: run the dev API server until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from kproxy.devcluster.apiserver.errors import ApiError
+from kproxy.devcluster.apiserver.manifests import ManifestError, read_manifests
+from kproxy.devcluster.apiserver.server import DevApiServer
+from kproxy.devcluster.apiserver.store import DEFAULT_SERVICE_CIDRS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6HOST]:PORT`` (port 0 picks a free one)."""
+    host, colon, port_text = text.rpartition(":")
+    if not colon or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port in {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
+    return host, port
+
+
+def parse_cidrs(text: str) -> list[str]:
+    cidrs = [part.strip() for part in text.split(",") if part.strip()]
+    if not 1 <= len(cidrs) <= 2:
+        raise argparse.ArgumentTypeError("give one service CIDR, or an IPv4 and an IPv6 one")
+    return cidrs
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listen",
+        type=parse_listen,
+        default=parse_listen(DEFAULT_LISTEN),
+        metavar="HOST:PORT",
+        help=f"address to serve plain HTTP on (default {DEFAULT_LISTEN}; port 0: any free)",
+    )
+    parser.add_argument(
+        "--load",
+        action="append",
+        default=[],
+        metavar="FILE.yaml",
+        help="create the objects in this YAML file at start (repeatable)",
+    )
+    parser.add_argument(
+        "--write-kubeconfig",
+        metavar="PATH",
+        help="write a kubeconfig for this server (for kubectl and kproxy)",
+    )
+    parser.add_argument(
+        "--state-file",
+        metavar="PATH",
+        help="load objects from PATH at start and save them there while running and on exit",
+    )
+    parser.add_argument(
+        "--service-cidr",
+        type=parse_cidrs,
+        default=list(DEFAULT_SERVICE_CIDRS),
+        metavar="CIDR[,CIDR6]",
+        help="ClusterIP range(s); two of different families make the cluster dual-stack "
+        f"(default {','.join(DEFAULT_SERVICE_CIDRS)})",
+    )
+    parser.add_argument(
+        "--bookmark-interval",
+        type=positive_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="how often watches that allow bookmarks get one (default 60)",
+    )
+
+
+async def serve(args: argparse.Namespace) -> int:
+    server = DevApiServer(
+        bookmark_interval=args.bookmark_interval,
+        service_cidrs=args.service_cidr,
+        state_file=args.state_file,
+    )
+    host, port = args.listen
+    await server.start(host, port)
+    try:
+        for path in args.load:
+            objects = read_manifests(path)
+            server.load_objects(objects)
+            log.info("loaded %d objects from %s", len(objects), path)
+        if args.write_kubeconfig:
+            server.write_kubeconfig(args.write_kubeconfig)
+            log.info("wrote kubeconfig %s", args.write_kubeconfig)
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        try:
+            await stopping.wait()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+        log.info("shutting down")
+    finally:
+        await server.stop()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return asyncio.run(serve(args))
+    except (ManifestError, ApiError, OSError, ValueError) as error:
+        log.error("devapi: %s", error)
+        return 1

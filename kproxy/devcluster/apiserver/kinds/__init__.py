@@ -1,0 +1,1 @@
+"""Per-kind rules: defaults, validation and allocation for each resource type served."""

@@ -1,0 +1,742 @@
+"""The object store: every object, one global resourceVersion, the change history, watchers.
+
+All operations are synchronous and run on the event loop thread, so each write is atomic with
+respect to every read and watch: a list or a watch registration never sees half a write.
+Stored bodies are never mutated; a write builds the next version from a copy of one object.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kproxy.clock import Clock, SystemClock
+from kproxy.devcluster.apiserver import errors
+from kproxy.devcluster.apiserver.allocators import IPAllocator, PortAllocator, Reservations
+from kproxy.devcluster.apiserver.errors import ApiError
+from kproxy.devcluster.apiserver.history import Change, ChangeHistory, EventType
+from kproxy.devcluster.apiserver.kinds.base import KindRules
+from kproxy.devcluster.apiserver.kinds.endpointslices import EndpointSliceRules
+from kproxy.devcluster.apiserver.kinds.namespaces import UNDELETABLE, NamespaceRules
+from kproxy.devcluster.apiserver.kinds.nodes import NodeRules
+from kproxy.devcluster.apiserver.kinds.services import ServiceNetwork, ServiceRules
+from kproxy.devcluster.apiserver.objects import JsonObject, ObjectKey, StoredObject
+from kproxy.devcluster.apiserver.pagination import LATEST, ContinueToken
+from kproxy.devcluster.apiserver.resources import (
+    NAMESPACES,
+    RESOURCE_TYPES,
+    SERVICES,
+    ResourceType,
+    find_by_kind,
+)
+from kproxy.devcluster.apiserver.selectors import FieldSelector, LabelSelector
+from kproxy.devcluster.apiserver.validation import (
+    FieldError,
+    invalid,
+    required,
+    validate_annotations,
+    validate_labels,
+)
+from kproxy.devcluster.apiserver.watchers import EventEncoder, Watcher, WatchFilter
+
+DEFAULT_SERVICE_CIDRS = ("10.96.0.0/16",)
+DEFAULT_NODE_PORT_RANGE = (30000, 32767)
+DEFAULT_HISTORY_SIZE = 100_000
+DEFAULT_NAMESPACES = ("default", "kube-system")
+# Characters a generated name suffix is drawn from (no vowels: no accidental words).
+_NAME_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+_NAME_SUFFIX_LENGTH = 5
+_MAX_GENERATE_NAME_PREFIX = 58
+_METADATA_ORDER = (
+    "name",
+    "generateName",
+    "namespace",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+)
+_SYSTEM_METADATA = ("deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink")
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    items: list[StoredObject]
+    resource_version: int
+    continue_token: str | None = None
+    remaining_item_count: int | None = None
+
+
+@dataclass(slots=True)
+class WatchStart:
+    """A registered watcher and the events it must send before what its queue receives."""
+
+    watcher: Watcher
+    initial_lines: list[bytes]
+    resource_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """The objects of one kind as of one resourceVersion."""
+
+    keys: Sequence[ObjectKey]
+    lookup: Callable[[ObjectKey], StoredObject | None]
+    exact: bool  # every key in ``keys`` exists (no overlay of older states)
+
+
+def _timestamp(clock: Clock) -> str:
+    return datetime.fromtimestamp(clock.wall(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _ordered(body: JsonObject) -> JsonObject:
+    """The object with the field order a real server writes (kind, apiVersion, metadata...)."""
+    metadata = body["metadata"]
+    ordered_metadata = {key: metadata[key] for key in _METADATA_ORDER if key in metadata}
+    ordered_metadata.update((k, v) for k, v in metadata.items() if k not in ordered_metadata)
+    result: JsonObject = {
+        "kind": body["kind"],
+        "apiVersion": body["apiVersion"],
+        "metadata": ordered_metadata,
+    }
+    result.update((k, v) for k, v in body.items() if k not in result and k != "status")
+    if "status" in body:
+        result["status"] = body["status"]
+    return result
+
+
+def _parse_resource_version(value: str | None) -> int | None:
+    """None for unset/"0" (any version will do), else the number; 400 if not a number."""
+    if value in (None, "", "0"):
+        return None
+    try:
+        number = int(str(value))
+    except ValueError:
+        raise errors.bad_request(f"invalid resource version {value!r}") from None
+    if number < 0:
+        raise errors.bad_request(f"invalid resource version {value!r}")
+    return number
+
+
+class Store:
+    def __init__(
+        self,
+        *,
+        service_cidrs: Sequence[str] = DEFAULT_SERVICE_CIDRS,
+        node_port_range: tuple[int, int] = DEFAULT_NODE_PORT_RANGE,
+        history_size: int = DEFAULT_HISTORY_SIZE,
+        clock: Clock | None = None,
+        seed: int | None = None,
+    ) -> None:
+        self._clock: Clock = clock or SystemClock()
+        self._random = random.Random(seed)
+        self.network = _service_network(service_cidrs, node_port_range, self._random)
+        self._rules: dict[str, KindRules] = {
+            rules.resource.plural: rules
+            for rules in (
+                ServiceRules(self.network),
+                EndpointSliceRules(),
+                NodeRules(),
+                NamespaceRules(),
+            )
+        }
+        self._objects: dict[str, dict[ObjectKey, StoredObject]] = {
+            resource.plural: {} for resource in RESOURCE_TYPES
+        }
+        self._order: dict[str, list[ObjectKey]] = {r.plural: [] for r in RESOURCE_TYPES}
+        self._resource_version = 0
+        self._history = ChangeHistory(history_size)
+        self._watchers: dict[str, set[Watcher]] = {r.plural: set() for r in RESOURCE_TYPES}
+        for name in DEFAULT_NAMESPACES:
+            self.create(NAMESPACES, {"metadata": {"name": name}})
+
+    # --- versions and history --------------------------------------------------------------
+
+    @property
+    def resource_version(self) -> int:
+        """The newest resourceVersion handed out (one counter across all kinds)."""
+        return self._resource_version
+
+    @property
+    def history_size(self) -> int:
+        return self._history.capacity
+
+    @property
+    def oldest_watchable_version(self) -> int:
+        return self._history.oldest_available
+
+    def resize_history(self, capacity: int) -> None:
+        self._history.resize(capacity)
+
+    def compact(self) -> None:
+        """Forget all history: watches and continue tokens from older versions get 410 Gone."""
+        self._history.clear(self._resource_version)
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def get(self, resource: ResourceType, namespace: str, name: str) -> StoredObject:
+        found = self._objects[resource.plural].get((self._scope(resource, namespace), name))
+        if found is None:
+            raise errors.not_found(resource.group_resource, name)
+        return found
+
+    def find(self, resource: ResourceType, namespace: str, name: str) -> StoredObject | None:
+        return self._objects[resource.plural].get((self._scope(resource, namespace), name))
+
+    def objects(self, resource: ResourceType) -> list[StoredObject]:
+        """Every object of a kind, in list order."""
+        stored = self._objects[resource.plural]
+        return [stored[key] for key in self._order[resource.plural]]
+
+    def count(self, resource: ResourceType) -> int:
+        return len(self._objects[resource.plural])
+
+    def rules(self, resource: ResourceType) -> KindRules:
+        return self._rules[resource.plural]
+
+    def namespace_exists(self, name: str) -> bool:
+        return ("", name) in self._objects[NAMESPACES.plural]
+
+    def list_objects(
+        self,
+        resource: ResourceType,
+        *,
+        namespace: str | None = None,
+        labels: LabelSelector | None = None,
+        fields: FieldSelector | None = None,
+        limit: int = 0,
+        continue_token: str | None = None,
+        resource_version: str | None = None,
+        resource_version_match: str | None = None,
+    ) -> ListPage:
+        labels = labels or LabelSelector()
+        fields = fields or FieldSelector()
+        if limit < 0:
+            raise errors.bad_request(f"limit must be non-negative, got {limit}")
+        start_after: ObjectKey | None = None
+        if continue_token:
+            if resource_version not in (None, ""):
+                raise errors.bad_request(
+                    "specifying resource version is not allowed when using continue"
+                )
+            token = ContinueToken.decode(continue_token)
+            at = (
+                self._resource_version
+                if token.resource_version == LATEST
+                else (token.resource_version)
+            )
+            start_after = token.after
+            try:
+                view = self._view(resource, at)
+            except ApiError:
+                raise _continue_expired(token.after) from None
+        else:
+            at = self._list_version(resource_version, resource_version_match)
+            view = self._view(resource, at)
+
+        keys = view.keys
+        low, high = 0, len(keys)
+        if namespace is not None and resource.namespaced:
+            low = bisect.bisect_left(keys, (namespace, ""))
+            high = bisect.bisect_left(keys, (namespace + "\0", ""))
+        position = low
+        if start_after is not None:
+            position = max(low, bisect.bisect_right(keys, start_after, low, high))
+        wanted_name = fields.required_value("metadata.name")
+        filtered = not labels.empty or not fields.empty
+        items: list[StoredObject] = []
+        more = False
+        while position < high:
+            key = keys[position]
+            position += 1
+            if wanted_name is not None and key[1] != wanted_name:
+                continue
+            obj = view.lookup(key)
+            if obj is None:
+                continue
+            if not labels.empty and not labels.matches(obj.labels):
+                continue
+            if not fields.empty and not fields.matches(resource.field_values(obj.body)):
+                continue
+            if limit and len(items) == limit:
+                more = True
+                break
+            items.append(obj)
+        if not more:
+            return ListPage(items, at)
+        token_text = ContinueToken(at, items[-1].key).encode()
+        remaining = None
+        if not filtered:
+            after = bisect.bisect_right(keys, items[-1].key, low, high)
+            remaining = (
+                high - after
+                if view.exact
+                else sum(1 for key in keys[after:high] if view.lookup(key) is not None)
+            )
+        return ListPage(items, at, token_text, remaining)
+
+    def _list_version(self, requested: str | None, match: str | None) -> int:
+        if match not in (None, "", "NotOlderThan", "Exact"):
+            raise errors.bad_request(
+                f'resourceVersionMatch: Unsupported value: "{match}": supported values: '
+                '"Exact", "NotOlderThan"'
+            )
+        if match and requested in (None, ""):
+            raise errors.bad_request(
+                "resourceVersionMatch is forbidden unless resourceVersion is provided"
+            )
+        if match == "Exact" and requested == "0":
+            raise errors.bad_request(
+                'resourceVersionMatch "exact" is forbidden for resourceVersion "0"'
+            )
+        number = _parse_resource_version(requested)
+        if number is None:
+            return self._resource_version
+        if number > self._resource_version:
+            raise errors.too_large_resource_version(number, self._resource_version)
+        if match == "Exact":
+            if self._history.since(number) is None:
+                raise errors.too_old_resource_version(number, self._history.oldest_available)
+            return number
+        return self._resource_version
+
+    def _view(self, resource: ResourceType, at: int) -> _View:
+        current = self._objects[resource.plural]
+        order = self._order[resource.plural]
+        if at == self._resource_version:
+            return _View(order, current.get, True)
+        changes = self._history.since(at)
+        if changes is None:
+            raise errors.too_old_resource_version(at, self._history.oldest_available)
+        overlay: dict[ObjectKey, StoredObject | None] = {}
+        for change in reversed(changes):
+            if change.plural == resource.plural:
+                overlay[change.key] = None if change.type is EventType.ADDED else change.previous
+        if not overlay:
+            return _View(order, current.get, True)
+
+        def lookup(key: ObjectKey) -> StoredObject | None:
+            return overlay[key] if key in overlay else current.get(key)
+
+        return _View(sorted(set(order) | set(overlay)), lookup, False)
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def create(
+        self,
+        resource: ResourceType,
+        body: JsonObject,
+        *,
+        namespace: str | None = None,
+        dry_run: bool = False,
+    ) -> StoredObject:
+        """Store a new object. The store takes ownership of ``body`` (and may change it)."""
+        rules = self._rules[resource.plural]
+        metadata = self._check_identity(resource, body)
+        if metadata.get("resourceVersion"):
+            raise errors.bad_request("resourceVersion should not be set on objects to be created")
+        scope = self._request_namespace(resource, metadata, namespace)
+        if resource.namespaced and not self.namespace_exists(scope):
+            raise errors.not_found(NAMESPACES.group_resource, scope)
+        if not metadata.get("name") and metadata.get("generateName"):
+            metadata["name"] = self._generate_name(str(metadata["generateName"]))
+        name = str(metadata.get("name") or "")
+        problems = self._metadata_errors(rules, metadata)
+        for key in _SYSTEM_METADATA:
+            metadata.pop(key, None)
+        metadata["uid"] = str(uuid.UUID(int=self._random.getrandbits(128), version=4))
+        metadata["resourceVersion"] = ""  # reserves its place in the field order
+        metadata["creationTimestamp"] = _timestamp(self._clock)
+        if rules.generation_fields:
+            metadata["generation"] = 1
+        else:
+            metadata.pop("generation", None)
+        reservations = Reservations()
+        try:
+            if not problems:
+                problems = rules.prepare_create(body, reservations)
+            if problems:
+                raise errors.invalid(resource.kind, resource.group, name, problems)
+            if (scope, name) in self._objects[resource.plural]:
+                raise errors.already_exists(resource.group_resource, name)
+            if dry_run:
+                reservations.rollback()
+                metadata.pop("resourceVersion")
+                return StoredObject.seal(_ordered(body), 0)
+        except BaseException:
+            reservations.rollback()
+            raise
+        reservations.commit()
+        return self._commit(resource, EventType.ADDED, _ordered(body), None)
+
+    def update(
+        self,
+        resource: ResourceType,
+        body: JsonObject,
+        *,
+        namespace: str | None = None,
+        name: str | None = None,
+        dry_run: bool = False,
+        status_only: bool = False,
+    ) -> StoredObject:
+        """Replace an object (PUT). A non-empty metadata.resourceVersion that is not the
+        current one is a 409 Conflict; status is only changed by ``status_only`` updates."""
+        rules = self._rules[resource.plural]
+        metadata = self._check_identity(resource, body)
+        scope = self._request_namespace(resource, metadata, namespace)
+        body_name = metadata.get("name")
+        if name is None:
+            name = str(body_name or "")
+        elif body_name and body_name != name:
+            raise errors.bad_request(
+                f"the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )
+        metadata["name"] = name
+        old = self.get(resource, scope, name)
+        wanted_version = metadata.get("resourceVersion")
+        if wanted_version and str(wanted_version) != str(old.resource_version):
+            raise errors.stale_resource_version(resource.group_resource, name)
+        old_uid = old.metadata.get("uid")
+        if metadata.get("uid") and metadata["uid"] != old_uid:
+            raise errors.precondition_failed(
+                resource.group_resource, name, "UID", str(metadata["uid"]), str(old_uid)
+            )
+
+        if status_only:
+            candidate = old.mutable_copy()
+            candidate["status"] = body.get("status") or {}
+            problems = rules.validate_status(candidate)
+            body = candidate
+        else:
+            for key in _SYSTEM_METADATA:
+                metadata.pop(key, None)
+            for key in ("uid", "creationTimestamp", "generation"):
+                if key in old.metadata:
+                    metadata[key] = old.metadata[key]
+            if resource.has_status:
+                status = old.mutable_copy().get("status")
+                if status is None:
+                    body.pop("status", None)
+                else:
+                    body["status"] = status
+            problems = self._metadata_errors(rules, metadata)
+        body["metadata"]["resourceVersion"] = str(old.resource_version)
+
+        reservations = Reservations()
+        try:
+            if not problems and not status_only:
+                problems = rules.prepare_update(body, old.body, reservations)
+            if problems:
+                raise errors.invalid(resource.kind, resource.group, name, problems)
+            if rules.generation_fields and any(
+                body.get(f) != old.body.get(f) for f in rules.generation_fields
+            ):
+                body["metadata"]["generation"] = int(old.metadata.get("generation", 0)) + 1
+            candidate = _ordered(body)
+            if candidate == old.body:
+                reservations.rollback()
+                return old  # a no-op update changes nothing, not even the resourceVersion
+            if dry_run:
+                reservations.rollback()
+                return StoredObject.seal(candidate, old.resource_version)
+        except BaseException:
+            reservations.rollback()
+            raise
+        reservations.commit()
+        return self._commit(resource, EventType.MODIFIED, candidate, old)
+
+    def delete(
+        self,
+        resource: ResourceType,
+        namespace: str,
+        name: str,
+        *,
+        uid: str | None = None,
+        resource_version: str | None = None,
+        dry_run: bool = False,
+    ) -> StoredObject:
+        """Delete an object; returns its last state stamped with the deletion's version."""
+        old = self.get(resource, namespace, name)
+        if uid and uid != old.metadata.get("uid"):
+            raise errors.precondition_failed(
+                resource.group_resource, name, "UID", uid, str(old.metadata.get("uid"))
+            )
+        if resource_version and resource_version != str(old.resource_version):
+            raise errors.precondition_failed(
+                resource.group_resource,
+                name,
+                "ResourceVersion",
+                resource_version,
+                str(old.resource_version),
+            )
+        if resource is NAMESPACES and name in UNDELETABLE:
+            raise errors.forbidden(
+                resource.group_resource, name, "this namespace may not be deleted"
+            )
+        if dry_run:
+            return old
+        if resource is NAMESPACES:
+            for contained in RESOURCE_TYPES:
+                if contained.namespaced:
+                    for obj in self.list_objects(contained, namespace=name).items:
+                        self._remove(contained, obj)
+        return self._remove(resource, old)
+
+    def delete_collection(
+        self,
+        resource: ResourceType,
+        *,
+        namespace: str | None,
+        labels: LabelSelector | None = None,
+        fields: FieldSelector | None = None,
+        dry_run: bool = False,
+    ) -> list[StoredObject]:
+        doomed = self.list_objects(
+            resource, namespace=namespace, labels=labels, fields=fields
+        ).items
+        if dry_run:
+            return doomed
+        return [self._remove(resource, obj) for obj in doomed]
+
+    def put(self, body: JsonObject) -> StoredObject:
+        """Create or replace an object by its apiVersion and kind (loading manifests)."""
+        resource = find_by_kind(str(body.get("apiVersion", "")), str(body.get("kind", "")))
+        if resource is None:
+            raise errors.bad_request(
+                f"no kind {body.get('kind')!r} is registered for version {body.get('apiVersion')!r}"
+            )
+        metadata = body.get("metadata")
+        if isinstance(metadata, dict):
+            metadata.pop("resourceVersion", None)
+            namespace = str(metadata.get("namespace") or "default")
+            existing = self.find(resource, namespace, str(metadata.get("name", "")))
+            if existing is not None:
+                status = body.get("status")
+                updated = self.update(resource, body, namespace=namespace)
+                if resource.has_status and status is not None:
+                    updated = self.update(
+                        resource,
+                        {"status": status},
+                        namespace=namespace,
+                        name=updated.name,
+                        status_only=True,
+                    )
+                return updated
+        return self.create(resource, body)
+
+    # --- watches ---------------------------------------------------------------------------
+
+    def watch(
+        self,
+        watch_filter: WatchFilter,
+        *,
+        resource_version: str | None,
+        send_initial_events: bool | None = None,
+        capacity: int = 10_000,
+        encoder: EventEncoder | None = None,
+    ) -> WatchStart:
+        """Register a watcher. Unset or "0" resourceVersion starts with the current objects as
+        ADDED events; a number N replays every change after N (410 Gone if already dropped)."""
+        resource = watch_filter.resource
+        number = _parse_resource_version(resource_version)
+        if number is not None and number > self._resource_version:
+            raise errors.too_large_resource_version(number, self._resource_version)
+        if send_initial_events is None:
+            send_initial_events = number is None
+        watcher = Watcher(watch_filter, capacity, encoder)
+        lines: list[bytes] = []
+        if send_initial_events:
+            namespace = watch_filter.namespace
+            for obj in self.objects(resource):
+                if (namespace is None or obj.namespace == namespace) and watch_filter.matches(obj):
+                    lines.append(watcher.encode(EventType.ADDED, obj))
+        elif number is not None:
+            changes = self._history.since(number)
+            if changes is None:
+                raise errors.too_old_resource_version(number, self._history.oldest_available)
+            replay = Watcher(watch_filter, len(changes) + 1, encoder)
+            for change in changes:
+                if change.plural == resource.plural:
+                    replay.offer(change)
+            lines = replay.drain()
+        self._watchers[resource.plural].add(watcher)
+        return WatchStart(watcher, lines, self._resource_version)
+
+    def stop_watching(self, watcher: Watcher) -> None:
+        self._watchers[watcher.filter.resource.plural].discard(watcher)
+
+    def watchers(self) -> Iterator[Watcher]:
+        for registered in self._watchers.values():
+            yield from list(registered)
+
+    # --- persistence -----------------------------------------------------------------------
+
+    def restore(self, resource_version: int, bodies: Iterable[Mapping[str, Any]]) -> None:
+        """Replace everything with saved objects and continue the version counter from
+        ``resource_version``. History starts empty, so older watch versions get 410 Gone."""
+        for registered in self._watchers.values():
+            if registered:
+                raise RuntimeError("cannot restore a store that has watchers")
+        loaded: dict[str, dict[ObjectKey, StoredObject]] = {r.plural: {} for r in RESOURCE_TYPES}
+        newest = resource_version
+        for body in bodies:
+            resource = find_by_kind(str(body.get("apiVersion")), str(body.get("kind")))
+            if resource is None:
+                raise ValueError(f"unknown kind in saved state: {body.get('kind')!r}")
+            version = int(body["metadata"]["resourceVersion"])
+            stored = StoredObject.seal(dict(body), version)
+            loaded[resource.plural][stored.key] = stored
+            newest = max(newest, version)
+        self.network = _service_network(
+            [str(a.network) for a in self.network.cluster_ips],
+            (self.network.node_ports.first, self.network.node_ports.last),
+            self._random,
+        )
+        self._rules[SERVICES.plural] = ServiceRules(self.network)
+        self._objects = loaded
+        self._order = {plural: sorted(objects) for plural, objects in loaded.items()}
+        for plural, objects in loaded.items():
+            for stored in objects.values():
+                self._rules[plural].restore(stored.body)
+        self._resource_version = newest
+        self._history.clear(newest)
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _commit(
+        self,
+        resource: ResourceType,
+        event_type: EventType,
+        body: JsonObject,
+        previous: StoredObject | None,
+    ) -> StoredObject:
+        self._resource_version += 1
+        version = self._resource_version
+        body["metadata"]["resourceVersion"] = str(version)
+        stored = StoredObject.seal(body, version)
+        objects = self._objects[resource.plural]
+        if stored.key not in objects:
+            bisect.insort(self._order[resource.plural], stored.key)
+        objects[stored.key] = stored
+        self._publish(Change(version, resource.plural, event_type, stored.key, stored, previous))
+        return stored
+
+    def _remove(self, resource: ResourceType, old: StoredObject) -> StoredObject:
+        reservations = Reservations()
+        self._rules[resource.plural].release(old.body, reservations)
+        reservations.commit()
+        self._resource_version += 1
+        version = self._resource_version
+        tombstone = old.restamped(version)
+        del self._objects[resource.plural][old.key]
+        order = self._order[resource.plural]
+        del order[bisect.bisect_left(order, old.key)]
+        self._publish(Change(version, resource.plural, EventType.DELETED, old.key, tombstone, old))
+        return tombstone
+
+    def _publish(self, change: Change) -> None:
+        self._history.append(change)
+        for watcher in list(self._watchers[change.plural]):
+            watcher.offer(change)
+
+    def _scope(self, resource: ResourceType, namespace: str | None) -> str:
+        return (namespace or "") if resource.namespaced else ""
+
+    def _check_identity(self, resource: ResourceType, body: Any) -> JsonObject:
+        if not isinstance(body, dict):
+            raise errors.bad_request("the request body must be a JSON object")
+        api_version = body.setdefault("apiVersion", resource.api_version)
+        kind = body.setdefault("kind", resource.kind)
+        if api_version != resource.api_version:
+            raise errors.bad_request(
+                f"the API version in the data ({api_version}) does not match the expected API "
+                f"version ({resource.api_version})"
+            )
+        if kind != resource.kind:
+            raise errors.bad_request(
+                f"the kind in the data ({kind}) does not match the expected kind ({resource.kind})"
+            )
+        metadata = body.get("metadata")
+        if metadata is None:
+            metadata = body["metadata"] = {}
+        if not isinstance(metadata, dict):
+            raise errors.bad_request("metadata must be a JSON object")
+        return metadata
+
+    def _request_namespace(
+        self, resource: ResourceType, metadata: JsonObject, namespace: str | None
+    ) -> str:
+        if not resource.namespaced:
+            metadata.pop("namespace", None)
+            return ""
+        given = metadata.get("namespace")
+        if namespace is None:
+            namespace = str(given or "default")
+        elif given and given != namespace:
+            raise errors.bad_request(
+                "the namespace of the provided object does not match the namespace sent on "
+                "the request"
+            )
+        metadata["namespace"] = namespace
+        return namespace
+
+    def _metadata_errors(self, rules: KindRules, metadata: JsonObject) -> list[FieldError]:
+        problems: list[FieldError] = []
+        name = metadata.get("name")
+        if not name:
+            problems.append(required("metadata.name", "name or generateName is required"))
+        elif not isinstance(name, str):
+            problems.append(invalid("metadata.name", name, "must be a string"))
+        else:
+            problems.extend(invalid("metadata.name", name, p) for p in rules.name_problems(name))
+        problems.extend(validate_labels(metadata.get("labels"), "metadata.labels"))
+        problems.extend(validate_annotations(metadata.get("annotations"), "metadata.annotations"))
+        return problems
+
+    def _generate_name(self, prefix: str) -> str:
+        suffix = "".join(
+            self._random.choice(_NAME_SUFFIX_ALPHABET) for _ in range(_NAME_SUFFIX_LENGTH)
+        )
+        return prefix[:_MAX_GENERATE_NAME_PREFIX] + suffix
+
+
+def _service_network(
+    cidrs: Sequence[str], node_port_range: tuple[int, int], rng: random.Random
+) -> ServiceNetwork:
+    if not 1 <= len(cidrs) <= 2:
+        raise ValueError("give one service CIDR, or two of different IP families")
+    allocators = [IPAllocator(cidr.strip(), rng) for cidr in cidrs]
+    if len({a.family for a in allocators}) != len(allocators):
+        raise ValueError("two service CIDRs must be of different IP families")
+    return ServiceNetwork(allocators, PortAllocator(*node_port_range, rng))
+
+
+def _continue_expired(after: ObjectKey) -> ApiError:
+    error = errors.expired(
+        "The provided continue parameter is too old to display a consistent list result. "
+        "You can start a new list without the continue parameter, or use the continue token "
+        "in this response to retrieve the remainder of the results. Continuing with the "
+        "provided token results in an inconsistent list - objects that were created, "
+        "modified, or deleted between the time the first chunk was returned and now may show "
+        "up in the list."
+    )
+    error.metadata = {"continue": ContinueToken(LATEST, after).encode()}
+    return error
+
+
+def make_filter(
+    resource: ResourceType,
+    namespace: str | None,
+    labels: LabelSelector | None = None,
+    fields: FieldSelector | None = None,
+) -> WatchFilter:
+    return WatchFilter(resource, namespace, labels or LabelSelector(), fields or FieldSelector())

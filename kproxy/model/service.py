@@ -1,0 +1,589 @@
+"""v1 Service objects -> ``ServiceInfo``, with kube-proxy's (1.33) semantics.
+
+Also home of what Services and EndpointSlices share: which objects this proxy serves
+(``service_selected`` / ``label_selector``) and how problems in one object are reported
+(``ObjectProblems``, ``read_metadata``).
+
+Skipped without a rejection (kube-proxy ignores these on purpose, they are not errors);
+the result is a ``ServiceInfo`` with no ports, so an update into one of these states
+removes the service's rules:
+
+- objects labelled ``service.kubernetes.io/headless``, or labelled
+  ``service.kubernetes.io/service-proxy-name`` with a value other than this proxy's name
+  (kube-proxy filters both with a server-side label selector);
+- headless services (``clusterIP: None``) and services with no cluster IP yet, and
+  ``type: ExternalName`` (kube-proxy's ``ShouldSkipService``).
+
+Rejected whole (``whole_object=True``): not a mapping, no usable metadata, ``spec`` or
+``spec.ports`` of the wrong shape, a cluster IP that is not an IP address.
+
+Rejected in part, the rest still programmed: one bad port entry (name, protocol or port)
+drops that port; one bad external IP, load-balancer ingress IP or source range drops that
+value; a bad nodePort or healthCheckNodePort drops that node port; unknown enum values fall
+back to the API default. Details are in each helper's docstring.
+"""
+
+from __future__ import annotations
+
+import re
+import reprlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final, TypeGuard, TypeVar
+
+from kproxy.model.addresses import ip_family, normalize_cidr, normalize_ip
+from kproxy.model.types import (
+    DEFAULT_AFFINITY_TIMEOUT_SECONDS,
+    IPFamily,
+    Parsed,
+    Protocol,
+    Rejection,
+    ServiceInfo,
+    ServicePort,
+    ServicePortName,
+    ServiceType,
+    SessionAffinity,
+    TrafficPolicy,
+)
+
+T = TypeVar("T")
+
+KIND: Final = "Service"
+HEADLESS_LABEL: Final = "service.kubernetes.io/headless"
+SERVICE_PROXY_NAME_LABEL: Final = "service.kubernetes.io/service-proxy-name"
+
+# metadata.name / namespace and node names are DNS subdomains at most; port names and
+# traffic distribution values are short identifiers. Anything longer is not from a valid
+# object and is refused before it reaches logs, rule comments or chain-name hashing.
+MAX_NAME_LENGTH: Final = 253
+MAX_PORT_NAME_LENGTH: Final = 63
+MAX_TARGET_PORT_NAME_LENGTH: Final = 15  # IANA_SVC_NAME
+MAX_AFFINITY_TIMEOUT_SECONDS: Final = 86400  # API validation's upper bound (one day)
+
+_LABEL_VALUE: Final = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
+
+_PROTOCOLS: Final[Mapping[object, Protocol]] = {p.value: p for p in Protocol}
+_SERVICE_TYPES: Final[Mapping[object, ServiceType]] = {t.value: t for t in ServiceType}
+_NODE_PORT_TYPES: Final = frozenset({ServiceType.NODE_PORT, ServiceType.LOAD_BALANCER})
+_TRAFFIC_POLICIES: Final[Mapping[object, TrafficPolicy]] = {p.value: p for p in TrafficPolicy}
+_AFFINITIES: Final[Mapping[object, SessionAffinity]] = {a.value: a for a in SessionAffinity}
+_NO_VALUE: Final = (None, "")
+
+_SHORT_REPR: Final = reprlib.Repr()
+_SHORT_REPR.maxstring = 80
+_SHORT_REPR.maxother = 80
+_SHORT_REPR.maxlong = 40
+
+
+# --- which objects this proxy serves ----------------------------------------------------
+
+
+def service_selected(labels: Mapping[str, Any], proxy_name: str) -> bool:
+    """Whether a Service or EndpointSlice with these labels is served by this proxy.
+
+    kube-proxy lists both kinds with the selector ``label_selector("")``: objects labelled
+    headless (any value) are for DNS only, and objects labelled with a service-proxy-name
+    belong to another proxy. A proxy with a name serves exactly the objects labelled
+    with that name.
+    """
+    if HEADLESS_LABEL in labels:
+        return False
+    if proxy_name:
+        return bool(labels.get(SERVICE_PROXY_NAME_LABEL) == proxy_name)
+    return SERVICE_PROXY_NAME_LABEL not in labels
+
+
+def label_selector(proxy_name: str) -> str:
+    """The server-side label selector equivalent to ``service_selected``.
+
+    Requirements are sorted by key, as Kubernetes' own selector printing does. Raises
+    ValueError for a name that is not a valid label value (it would corrupt the selector).
+    """
+    if len(proxy_name) > 63 or not _LABEL_VALUE.fullmatch(proxy_name):
+        raise ValueError(f"invalid service proxy name {proxy_name!r}: must be a label value")
+    if proxy_name:
+        return f"!{HEADLESS_LABEL},{SERVICE_PROXY_NAME_LABEL}={proxy_name}"
+    return f"!{HEADLESS_LABEL},!{SERVICE_PROXY_NAME_LABEL}"
+
+
+# --- reporting problems -----------------------------------------------------------------
+
+
+class ObjectProblems:
+    """Collects the rejections for one object, all naming its kind, namespace and name."""
+
+    __slots__ = ("kind", "name", "namespace", "rejections")
+
+    def __init__(self, kind: str, namespace: str, name: str) -> None:
+        self.kind = kind
+        self.namespace = namespace
+        self.name = name
+        self.rejections: list[Rejection] = []
+
+    def ignore(self, field: str, reason: str) -> None:
+        """Record that one part of the object was skipped; the rest is still used."""
+        self.rejections.append(Rejection(self.kind, self.namespace, self.name, field, reason))
+
+    def drop(self, field: str, reason: str) -> Parsed[Any]:
+        """Record that the whole object is skipped, and return its (empty) result."""
+        self.rejections.append(
+            Rejection(self.kind, self.namespace, self.name, field, reason, whole_object=True)
+        )
+        return Parsed(None, tuple(self.rejections))
+
+    def result(self, value: T) -> Parsed[T]:
+        return Parsed(value, tuple(self.rejections))
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectMeta:
+    namespace: str
+    name: str
+    labels: Mapping[str, Any]
+    annotations: Mapping[str, Any]
+    deletion_requested: bool
+
+
+_EMPTY: Final[Mapping[str, Any]] = {}
+
+
+def read_metadata(obj: object, kind: str, *, namespaced: bool) -> ObjectMeta | Parsed[Any]:
+    """The metadata kproxy uses, or a whole-object rejection when it is unusable."""
+    if not is_object(obj):
+        return ObjectProblems(kind, "", "").drop("(object)", f"not an object: {type(obj).__name__}")
+    metadata = obj.get("metadata")
+    if not is_object(metadata):
+        return ObjectProblems(kind, "", "").drop("metadata", "missing or not an object")
+    raw_namespace = metadata.get("namespace") if namespaced else ""
+    name = metadata.get("name")
+    problems = ObjectProblems(kind, _printable(raw_namespace), _printable(name))
+    if not _is_name(name):
+        return problems.drop("metadata.name", _name_problem(name))
+    namespace = ""
+    if namespaced:
+        if not _is_name(raw_namespace):
+            return problems.drop("metadata.namespace", _name_problem(raw_namespace))
+        namespace = raw_namespace
+    labels = metadata.get("labels")
+    if labels is None:
+        labels = _EMPTY
+    elif not is_object(labels):
+        return problems.drop("metadata.labels", "not an object")
+    annotations = metadata.get("annotations")
+    if not is_object(annotations):
+        annotations = _EMPTY
+    return ObjectMeta(
+        namespace, name, labels, annotations, metadata.get("deletionTimestamp") is not None
+    )
+
+
+def is_object(value: object) -> TypeGuard[Mapping[str, Any]]:
+    """Whether a value is a JSON object. Checks for dict first: the ABC check alone is
+    several times slower, and this runs for every endpoint of every slice."""
+    return type(value) is dict or isinstance(value, Mapping)
+
+
+def _is_name(value: object) -> TypeGuard[str]:
+    return type(value) is str and 0 < len(value) <= MAX_NAME_LENGTH
+
+
+def _name_problem(value: object) -> str:
+    if value is None:
+        return "missing"
+    if type(value) is not str:
+        return f"not a string: {type(value).__name__}"
+    return "empty" if not value else f"longer than {MAX_NAME_LENGTH} characters"
+
+
+def _printable(value: object) -> str:
+    """A name as it can appear in a rejection: strings only, bounded for logs."""
+    if type(value) is not str:
+        return ""
+    return value if len(value) <= MAX_NAME_LENGTH else value[:MAX_NAME_LENGTH] + "..."
+
+
+def port_number(value: object) -> int | None:
+    """A TCP/UDP/SCTP port number (1-65535), or None; JSON booleans are not numbers."""
+    if type(value) is int and 0 < value < 65536:
+        return value
+    return None
+
+
+def describe(value: object) -> str:
+    """A short rendering of a bad value for a rejection reason; never raises, even for
+    integers too long to print or absurdly nested lists."""
+    try:
+        return _SHORT_REPR.repr(value)
+    except (ValueError, RecursionError):
+        return f"<unprintable {type(value).__name__}>"
+
+
+# --- Services ---------------------------------------------------------------------------
+
+
+def parse_service(obj: Mapping[str, Any], *, proxy_name: str = "") -> Parsed[ServiceInfo]:
+    """Parse one v1 Service as kube-proxy would see it; never raises.
+
+    ``proxy_name`` is this proxy's ``service.kubernetes.io/service-proxy-name`` ("" for the
+    default proxy, which serves only unlabelled services).
+    """
+    meta = read_metadata(obj, KIND, namespaced=True)
+    if isinstance(meta, Parsed):
+        return meta
+    problems = ObjectProblems(KIND, meta.namespace, meta.name)
+    unserved = ServiceInfo(meta.namespace, meta.name)
+    if not service_selected(meta.labels, proxy_name):
+        return Parsed(unserved)
+    spec = obj.get("spec")
+    if not is_object(spec):
+        return problems.drop("spec", "missing or not an object")
+
+    service_type = _service_type(spec, problems)
+    if service_type is ServiceType.EXTERNAL_NAME:
+        return problems.result(unserved)
+    cluster_ips = _cluster_ips(spec, problems)
+    if cluster_ips is None:
+        return Parsed(None, tuple(problems.rejections))
+    if not cluster_ips:
+        return problems.result(unserved)
+    raw_ports = spec.get("ports")
+    if raw_ports is None:
+        raw_ports = ()
+    elif not isinstance(raw_ports, list):
+        return problems.drop("spec.ports", "not a list")
+
+    raw_external_ips = spec.get("externalIPs")
+    external_ips = _ip_list(raw_external_ips, "spec.externalIPs", problems)
+    status = obj.get("status")
+    load_balancer_ips = _load_balancer_ips(status, problems)
+    source_ranges = _source_ranges(spec, problems)
+    # kube-proxy's ExternalPolicyLocal: NodePort and LoadBalancer services, and ClusterIP
+    # services with external IPs, are externally accessible.
+    externally_accessible = service_type in _NODE_PORT_TYPES or (
+        service_type is ServiceType.CLUSTER_IP
+        and isinstance(raw_external_ips, list)
+        and len(raw_external_ips) > 0
+    )
+    external_policy = _traffic_policy(spec, "externalTrafficPolicy", problems)
+    if not externally_accessible:
+        external_policy = TrafficPolicy.CLUSTER
+    internal_policy = _traffic_policy(spec, "internalTrafficPolicy", problems)
+    health_check_node_port = None
+    if service_type is ServiceType.LOAD_BALANCER and external_policy is TrafficPolicy.LOCAL:
+        health_check_node_port = _health_check_node_port(spec, problems)
+    affinity, affinity_timeout = _session_affinity(spec, problems)
+    traffic_distribution = _traffic_distribution(spec, problems)
+
+    ports: dict[ServicePortName, ServicePort] = {}
+    first_index: dict[ServicePortName, int] = {}
+    takes_node_port = service_type in _NODE_PORT_TYPES
+    for index, raw_port in enumerate(raw_ports):
+        path = f"spec.ports[{index}]"
+        fields = _port_fields(raw_port, path, takes_node_port, problems)
+        if fields is None:
+            continue
+        port_name, protocol, port, target_port, node_port = fields
+        name = ServicePortName(meta.namespace, meta.name, port_name, protocol)
+        if name in ports:
+            # kube-proxy keys its map by name and protocol: the later entry replaces the
+            # earlier one (the API server forbids duplicate names, so this is a bad object).
+            problems.ignore(
+                f"spec.ports[{first_index[name]}]",
+                f"same name and protocol as {path}, which replaces it (as in kube-proxy)",
+            )
+            del ports[name]
+        first_index[name] = index
+        ports[name] = ServicePort(
+            name,
+            service_type,
+            cluster_ips,
+            port,
+            protocol,
+            target_port,
+            node_port,
+            external_ips,
+            load_balancer_ips,
+            source_ranges,
+            external_policy,
+            internal_policy,
+            health_check_node_port,
+            affinity,
+            affinity_timeout,
+            traffic_distribution,
+        )
+    return problems.result(ServiceInfo(meta.namespace, meta.name, tuple(ports.values())))
+
+
+def _service_type(spec: Mapping[str, Any], problems: ObjectProblems) -> ServiceType:
+    """spec.type; absent means ClusterIP (the API default).
+
+    An unknown type is reported and treated as ClusterIP: kube-proxy has no type switch
+    for the cluster IP itself, so the cluster IP keeps working.
+    """
+    raw = spec.get("type")
+    if raw in _NO_VALUE:
+        return ServiceType.CLUSTER_IP
+    service_type = _SERVICE_TYPES.get(raw) if type(raw) is str else None
+    if service_type is None:
+        problems.ignore("spec.type", f"unknown service type {describe(raw)}; using ClusterIP")
+        return ServiceType.CLUSTER_IP
+    return service_type
+
+
+def _cluster_ips(spec: Mapping[str, Any], problems: ObjectProblems) -> tuple[str, ...] | None:
+    """Normalised cluster IPs, at most one per family, primary first.
+
+    ``()`` for a headless service or one without a cluster IP (skipped, as kube-proxy's
+    ``ShouldSkipService`` does); None (with a whole-object rejection) when any entry is not
+    an IP: kube-proxy would program garbage, we program nothing. ``spec.clusterIPs`` wins
+    over the legacy ``spec.clusterIP``, which the API server keeps equal to its first entry.
+    A second IP of an already seen family (invalid in the API) is ignored.
+    """
+    raw = spec.get("clusterIPs")
+    path = "spec.clusterIPs"
+    if raw is None or raw == []:
+        single = spec.get("clusterIP")
+        raw = [] if single is None else [single]
+        path = "spec.clusterIP"
+    elif not isinstance(raw, list):
+        problems.drop(path, "not a list")
+        return None
+    if not raw or raw[0] in ("", "None"):
+        return ()
+    ips: list[str] = []
+    families: set[IPFamily] = set()
+    for index, value in enumerate(raw):
+        field = path if path == "spec.clusterIP" else f"{path}[{index}]"
+        ip = normalize_ip(value)
+        if ip is None:
+            problems.drop(field, f"not an IP address: {describe(value)}")
+            return None
+        family = ip_family(ip)
+        if family in families:
+            problems.ignore(field, f"a second {family.value} cluster IP; using the first")
+            continue
+        families.add(family)
+        ips.append(ip)
+    return tuple(ips)
+
+
+def _port_fields(
+    raw: object, path: str, takes_node_port: bool, problems: ObjectProblems
+) -> tuple[str, Protocol, int, int | str, int | None] | None:
+    """(name, protocol, port, targetPort, nodePort) of one spec.ports entry, or None.
+
+    A bad name, protocol or port drops the entry: it cannot be identified or programmed.
+    A bad targetPort is only reported (kube-proxy never uses it: endpoints carry the real
+    port) and replaced by the port, the API default. nodePort counts only for NodePort and
+    LoadBalancer services; 0 or absent means none (allocateLoadBalancerNodePorts: false);
+    a bad one is dropped while the cluster IP part of the port keeps working.
+    """
+    if not is_object(raw):
+        problems.ignore(path, "not an object")
+        return None
+    name = raw.get("name")
+    if name is None:
+        name = ""
+    elif type(name) is not str or len(name) > MAX_PORT_NAME_LENGTH:
+        problems.ignore(f"{path}.name", f"not a port name: {describe(name)}")
+        return None
+    raw_protocol = raw.get("protocol")
+    if raw_protocol is None:
+        protocol: Protocol | None = Protocol.TCP
+    else:
+        protocol = _PROTOCOLS.get(raw_protocol) if type(raw_protocol) is str else None
+    if protocol is None:
+        problems.ignore(f"{path}.protocol", f"unsupported protocol {describe(raw_protocol)}")
+        return None
+    raw_port = raw.get("port")
+    port = port_number(raw_port)
+    if port is None:
+        problems.ignore(f"{path}.port", f"not a port number (1-65535): {describe(raw_port)}")
+        return None
+    raw_target = raw.get("targetPort")
+    target_port = port if raw_target is None else _target_port(raw_target)
+    if target_port is None:
+        problems.ignore(f"{path}.targetPort", f"not a port number or name: {describe(raw_target)}")
+        target_port = port
+    node_port = None
+    raw_node_port = raw.get("nodePort")
+    if raw_node_port is not None and raw_node_port != 0:
+        if not takes_node_port:
+            problems.ignore(f"{path}.nodePort", "only NodePort and LoadBalancer services")
+        else:
+            node_port = port_number(raw_node_port)
+            if node_port is None:
+                problems.ignore(
+                    f"{path}.nodePort", f"not a port number (1-65535): {describe(raw_node_port)}"
+                )
+    return name, protocol, port, target_port, node_port
+
+
+def _target_port(raw: object) -> int | str | None:
+    if type(raw) is str:
+        return raw if 0 < len(raw) <= MAX_TARGET_PORT_NAME_LENGTH else None
+    return port_number(raw)
+
+
+def _ip_list(raw: object, path: str, problems: ObjectProblems) -> tuple[str, ...]:
+    """Normalised, de-duplicated IPs of both families (the planner filters per family,
+    as kube-proxy's proxier does); entries that are not IPs are dropped one by one."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        problems.ignore(path, "not a list")
+        return ()
+    ips: dict[str, None] = {}
+    for index, value in enumerate(raw):
+        ip = normalize_ip(value)
+        if ip is None:
+            problems.ignore(f"{path}[{index}]", f"not an IP address: {describe(value)}")
+        else:
+            ips[ip] = None
+    return tuple(ips)
+
+
+def _load_balancer_ips(status: object, problems: ObjectProblems) -> tuple[str, ...]:
+    """status.loadBalancer.ingress[].ip of VIP-mode ingresses.
+
+    As kube-proxy's ``IsVIPMode``: ipMode absent or ``VIP`` is programmed, ``Proxy`` means
+    the load balancer forwards to node ports itself and is skipped without a rejection.
+    Hostname-only ingresses are skipped likewise; the service type is not consulted.
+    """
+    if status is None:
+        return ()
+    if not is_object(status):
+        problems.ignore("status", "not an object")
+        return ()
+    load_balancer = status.get("loadBalancer")
+    if load_balancer is None:
+        return ()
+    if not is_object(load_balancer):
+        problems.ignore("status.loadBalancer", "not an object")
+        return ()
+    ingress = load_balancer.get("ingress")
+    if ingress is None:
+        return ()
+    if not isinstance(ingress, list):
+        problems.ignore("status.loadBalancer.ingress", "not a list")
+        return ()
+    ips: dict[str, None] = {}
+    for index, entry in enumerate(ingress):
+        path = f"status.loadBalancer.ingress[{index}]"
+        if not is_object(entry):
+            problems.ignore(path, "not an object")
+            continue
+        raw_ip = entry.get("ip")
+        if raw_ip in _NO_VALUE:
+            continue
+        mode = entry.get("ipMode")
+        if mode == "Proxy":
+            continue
+        if mode is not None and mode != "VIP":
+            problems.ignore(f"{path}.ipMode", f"unknown ipMode {describe(mode)}")
+            continue
+        ip = normalize_ip(raw_ip)
+        if ip is None:
+            problems.ignore(f"{path}.ip", f"not an IP address: {describe(raw_ip)}")
+        else:
+            ips[ip] = None
+    return tuple(ips)
+
+
+def _source_ranges(spec: Mapping[str, Any], problems: ObjectProblems) -> tuple[str, ...]:
+    """spec.loadBalancerSourceRanges as normalised CIDRs (host bits cleared).
+
+    Surrounding whitespace is trimmed, as kube-proxy does (API validation lets it
+    through); CIDRs that do not parse are dropped one by one, as in kube-proxy. The
+    ``service.beta.kubernetes.io/load-balancer-source-ranges`` annotation is NOT read:
+    only cloud providers honour it, kube-proxy programs the spec field alone.
+    """
+    raw = spec.get("loadBalancerSourceRanges")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        problems.ignore("spec.loadBalancerSourceRanges", "not a list")
+        return ()
+    cidrs: dict[str, None] = {}
+    for index, value in enumerate(raw):
+        cidr = normalize_cidr(value.strip() if type(value) is str else value)
+        if cidr is None:
+            problems.ignore(
+                f"spec.loadBalancerSourceRanges[{index}]", f"not a CIDR: {describe(value)}"
+            )
+        else:
+            cidrs[cidr] = None
+    return tuple(cidrs)
+
+
+def _traffic_policy(spec: Mapping[str, Any], key: str, problems: ObjectProblems) -> TrafficPolicy:
+    """externalTrafficPolicy / internalTrafficPolicy; absent or unknown means Cluster."""
+    raw = spec.get(key)
+    if raw in _NO_VALUE:
+        return TrafficPolicy.CLUSTER
+    policy = _TRAFFIC_POLICIES.get(raw) if type(raw) is str else None
+    if policy is None:
+        problems.ignore(f"spec.{key}", f"unknown policy {describe(raw)}; using Cluster")
+        return TrafficPolicy.CLUSTER
+    return policy
+
+
+def _health_check_node_port(spec: Mapping[str, Any], problems: ObjectProblems) -> int | None:
+    """spec.healthCheckNodePort of a LoadBalancer service with externalTrafficPolicy Local
+    (kube-proxy's ``NeedsHealthCheck``: NodePort services get none). Missing is reported,
+    as kube-proxy logs it; the service itself is still programmed."""
+    raw = spec.get("healthCheckNodePort")
+    port = port_number(raw)
+    if port is None:
+        reason = "missing" if raw in (None, 0) else f"not a port number: {describe(raw)}"
+        problems.ignore("spec.healthCheckNodePort", reason)
+    return port
+
+
+def _session_affinity(
+    spec: Mapping[str, Any], problems: ObjectProblems
+) -> tuple[SessionAffinity, int]:
+    """sessionAffinity and its timeout: absent timeout means 10800 s (the API default),
+    outside 1..86400 s is reported and replaced by the default; unknown affinity is None."""
+    raw = spec.get("sessionAffinity")
+    if raw in _NO_VALUE:
+        return SessionAffinity.NONE, DEFAULT_AFFINITY_TIMEOUT_SECONDS
+    affinity = _AFFINITIES.get(raw) if type(raw) is str else None
+    if affinity is None:
+        problems.ignore("spec.sessionAffinity", f"unknown affinity {describe(raw)}; using None")
+        return SessionAffinity.NONE, DEFAULT_AFFINITY_TIMEOUT_SECONDS
+    if affinity is SessionAffinity.NONE:
+        return affinity, DEFAULT_AFFINITY_TIMEOUT_SECONDS
+    path = "spec.sessionAffinityConfig"
+    value: object = spec.get("sessionAffinityConfig")
+    for key in ("clientIP", "timeoutSeconds"):
+        if value is None:
+            return affinity, DEFAULT_AFFINITY_TIMEOUT_SECONDS
+        if not is_object(value):
+            problems.ignore(path, "not an object")
+            return affinity, DEFAULT_AFFINITY_TIMEOUT_SECONDS
+        value = value.get(key)
+        path = f"{path}.{key}"
+    if value is None:
+        return affinity, DEFAULT_AFFINITY_TIMEOUT_SECONDS
+    if type(value) is int and 0 < value <= MAX_AFFINITY_TIMEOUT_SECONDS:
+        return affinity, value
+    problems.ignore(
+        path,
+        f"not 1-{MAX_AFFINITY_TIMEOUT_SECONDS} seconds: {describe(value)}; "
+        f"using {DEFAULT_AFFINITY_TIMEOUT_SECONDS}",
+    )
+    return affinity, DEFAULT_AFFINITY_TIMEOUT_SECONDS
+
+
+def _traffic_distribution(spec: Mapping[str, Any], problems: ObjectProblems) -> str | None:
+    """spec.trafficDistribution, kept as given (PreferClose, PreferSameZone, ...): the
+    planner decides which values it honours, as kube-proxy's topology code does."""
+    raw = spec.get("trafficDistribution")
+    if raw in _NO_VALUE:
+        return None
+    if type(raw) is str and len(raw) <= MAX_PORT_NAME_LENGTH:
+        return raw
+    problems.ignore("spec.trafficDistribution", f"not a distribution name: {describe(raw)}")
+    return None
+
