@@ -9,7 +9,7 @@ from kproxy.clock import Clock
 from kproxy.feed import EndpointSliceFeed, NodeFeed, ServiceFeed
 from kproxy.kube.informer import Informer, ResourceSpec
 from kproxy.kube.transport import KubeTransport
-from kproxy.model.service import label_selector
+from kproxy.model.labels import label_selector
 from kproxy.objectfile import ClusterObjects
 from kproxy.rejections import RejectionLog
 from kproxy.state import StateTracker

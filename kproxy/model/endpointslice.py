@@ -23,7 +23,8 @@ from datetime import datetime
 from typing import Any, Final, TypeGuard
 
 from kproxy.model.addresses import normalize_ip
-from kproxy.model.service import (
+from kproxy.model.labels import service_selected
+from kproxy.model.objectmeta import (
     MAX_NAME_LENGTH,
     MAX_PORT_NAME_LENGTH,
     ObjectProblems,
@@ -31,7 +32,6 @@ from kproxy.model.service import (
     is_object,
     port_number,
     read_metadata,
-    service_selected,
 )
 from kproxy.model.types import (
     Endpoint,

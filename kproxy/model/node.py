@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Final, TypeGuard
 
 from kproxy.model.addresses import normalize_cidr, normalize_ip
-from kproxy.model.service import ObjectProblems, describe, is_object, read_metadata
+from kproxy.model.objectmeta import ObjectProblems, describe, is_object, read_metadata
 from kproxy.model.types import NodeInfo, Parsed
 
 KIND: Final = "Node"

@@ -1,9 +1,5 @@
 """v1 Service objects -> ``ServiceInfo``, with kube-proxy's (1.33) semantics.
 
-Also home of what Services and EndpointSlices share: which objects this proxy serves
-(``service_selected`` / ``label_selector``) and how problems in one object are reported
-(``ObjectProblems``, ``read_metadata``).
-
 Skipped without a rejection (kube-proxy ignores these on purpose, they are not errors);
 the result is a ``ServiceInfo`` with no ports, so an update into one of these states
 removes the service's rules:
@@ -25,19 +21,24 @@ back to the API default. Details are in each helper's docstring.
 
 from __future__ import annotations
 
-import re
-import reprlib
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Final, TypeGuard, TypeVar
+from typing import Any, Final
 
 from kproxy.model.addresses import ip_family, normalize_cidr, normalize_ip
+from kproxy.model.labels import service_selected
+from kproxy.model.objectmeta import (
+    MAX_PORT_NAME_LENGTH,
+    ObjectProblems,
+    describe,
+    is_object,
+    port_number,
+    read_metadata,
+)
 from kproxy.model.types import (
     DEFAULT_AFFINITY_TIMEOUT_SECONDS,
     IPFamily,
     Parsed,
     Protocol,
-    Rejection,
     ServiceInfo,
     ServicePort,
     ServicePortName,
@@ -46,21 +47,9 @@ from kproxy.model.types import (
     TrafficPolicy,
 )
 
-T = TypeVar("T")
-
 KIND: Final = "Service"
-HEADLESS_LABEL: Final = "service.kubernetes.io/headless"
-SERVICE_PROXY_NAME_LABEL: Final = "service.kubernetes.io/service-proxy-name"
-
-# metadata.name / namespace and node names are DNS subdomains at most; port names and
-# traffic distribution values are short identifiers. Anything longer is not from a valid
-# object and is refused before it reaches logs, rule comments or chain-name hashing.
-MAX_NAME_LENGTH: Final = 253
-MAX_PORT_NAME_LENGTH: Final = 63
 MAX_TARGET_PORT_NAME_LENGTH: Final = 15  # IANA_SVC_NAME
 MAX_AFFINITY_TIMEOUT_SECONDS: Final = 86400  # API validation's upper bound (one day)
-
-_LABEL_VALUE: Final = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 
 _PROTOCOLS: Final[Mapping[object, Protocol]] = {p.value: p for p in Protocol}
 _SERVICE_TYPES: Final[Mapping[object, ServiceType]] = {t.value: t for t in ServiceType}
@@ -68,158 +57,6 @@ _NODE_PORT_TYPES: Final = frozenset({ServiceType.NODE_PORT, ServiceType.LOAD_BAL
 _TRAFFIC_POLICIES: Final[Mapping[object, TrafficPolicy]] = {p.value: p for p in TrafficPolicy}
 _AFFINITIES: Final[Mapping[object, SessionAffinity]] = {a.value: a for a in SessionAffinity}
 _NO_VALUE: Final = (None, "")
-
-_SHORT_REPR: Final = reprlib.Repr()
-_SHORT_REPR.maxstring = 80
-_SHORT_REPR.maxother = 80
-_SHORT_REPR.maxlong = 40
-
-
-# --- which objects this proxy serves ----------------------------------------------------
-
-
-def service_selected(labels: Mapping[str, Any], proxy_name: str) -> bool:
-    """Whether a Service or EndpointSlice with these labels is served by this proxy.
-
-    kube-proxy lists both kinds with the selector ``label_selector("")``: objects labelled
-    headless (any value) are for DNS only, and objects labelled with a service-proxy-name
-    belong to another proxy. A proxy with a name serves exactly the objects labelled
-    with that name.
-    """
-    if HEADLESS_LABEL in labels:
-        return False
-    if proxy_name:
-        return bool(labels.get(SERVICE_PROXY_NAME_LABEL) == proxy_name)
-    return SERVICE_PROXY_NAME_LABEL not in labels
-
-
-def label_selector(proxy_name: str) -> str:
-    """The server-side label selector equivalent to ``service_selected``.
-
-    Requirements are sorted by key, as Kubernetes' own selector printing does. Raises
-    ValueError for a name that is not a valid label value (it would corrupt the selector).
-    """
-    if len(proxy_name) > 63 or not _LABEL_VALUE.fullmatch(proxy_name):
-        raise ValueError(f"invalid service proxy name {proxy_name!r}: must be a label value")
-    if proxy_name:
-        return f"!{HEADLESS_LABEL},{SERVICE_PROXY_NAME_LABEL}={proxy_name}"
-    return f"!{HEADLESS_LABEL},!{SERVICE_PROXY_NAME_LABEL}"
-
-
-# --- reporting problems -----------------------------------------------------------------
-
-
-class ObjectProblems:
-    """Collects the rejections for one object, all naming its kind, namespace and name."""
-
-    __slots__ = ("kind", "name", "namespace", "rejections")
-
-    def __init__(self, kind: str, namespace: str, name: str) -> None:
-        self.kind = kind
-        self.namespace = namespace
-        self.name = name
-        self.rejections: list[Rejection] = []
-
-    def ignore(self, field: str, reason: str) -> None:
-        """Record that one part of the object was skipped; the rest is still used."""
-        self.rejections.append(Rejection(self.kind, self.namespace, self.name, field, reason))
-
-    def drop(self, field: str, reason: str) -> Parsed[Any]:
-        """Record that the whole object is skipped, and return its (empty) result."""
-        self.rejections.append(
-            Rejection(self.kind, self.namespace, self.name, field, reason, whole_object=True)
-        )
-        return Parsed(None, tuple(self.rejections))
-
-    def result(self, value: T) -> Parsed[T]:
-        return Parsed(value, tuple(self.rejections))
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectMeta:
-    namespace: str
-    name: str
-    labels: Mapping[str, Any]
-    annotations: Mapping[str, Any]
-    deletion_requested: bool
-
-
-_EMPTY: Final[Mapping[str, Any]] = {}
-
-
-def read_metadata(obj: object, kind: str, *, namespaced: bool) -> ObjectMeta | Parsed[Any]:
-    """The metadata kproxy uses, or a whole-object rejection when it is unusable."""
-    if not is_object(obj):
-        return ObjectProblems(kind, "", "").drop("(object)", f"not an object: {type(obj).__name__}")
-    metadata = obj.get("metadata")
-    if not is_object(metadata):
-        return ObjectProblems(kind, "", "").drop("metadata", "missing or not an object")
-    raw_namespace = metadata.get("namespace") if namespaced else ""
-    name = metadata.get("name")
-    problems = ObjectProblems(kind, _printable(raw_namespace), _printable(name))
-    if not _is_name(name):
-        return problems.drop("metadata.name", _name_problem(name))
-    namespace = ""
-    if namespaced:
-        if not _is_name(raw_namespace):
-            return problems.drop("metadata.namespace", _name_problem(raw_namespace))
-        namespace = raw_namespace
-    labels = metadata.get("labels")
-    if labels is None:
-        labels = _EMPTY
-    elif not is_object(labels):
-        return problems.drop("metadata.labels", "not an object")
-    annotations = metadata.get("annotations")
-    if not is_object(annotations):
-        annotations = _EMPTY
-    return ObjectMeta(
-        namespace, name, labels, annotations, metadata.get("deletionTimestamp") is not None
-    )
-
-
-def is_object(value: object) -> TypeGuard[Mapping[str, Any]]:
-    """Whether a value is a JSON object. Checks for dict first: the ABC check alone is
-    several times slower, and this runs for every endpoint of every slice."""
-    return type(value) is dict or isinstance(value, Mapping)
-
-
-def _is_name(value: object) -> TypeGuard[str]:
-    return type(value) is str and 0 < len(value) <= MAX_NAME_LENGTH
-
-
-def _name_problem(value: object) -> str:
-    if value is None:
-        return "missing"
-    if type(value) is not str:
-        return f"not a string: {type(value).__name__}"
-    return "empty" if not value else f"longer than {MAX_NAME_LENGTH} characters"
-
-
-def _printable(value: object) -> str:
-    """A name as it can appear in a rejection: strings only, bounded for logs."""
-    if type(value) is not str:
-        return ""
-    return value if len(value) <= MAX_NAME_LENGTH else value[:MAX_NAME_LENGTH] + "..."
-
-
-def port_number(value: object) -> int | None:
-    """A TCP/UDP/SCTP port number (1-65535), or None; JSON booleans are not numbers."""
-    if type(value) is int and 0 < value < 65536:
-        return value
-    return None
-
-
-def describe(value: object) -> str:
-    """A short rendering of a bad value for a rejection reason; never raises, even for
-    integers too long to print or absurdly nested lists."""
-    try:
-        return _SHORT_REPR.repr(value)
-    except (ValueError, RecursionError):
-        return f"<unprintable {type(value).__name__}>"
-
-
-# --- Services ---------------------------------------------------------------------------
-
 
 def parse_service(obj: Mapping[str, Any], *, proxy_name: str = "") -> Parsed[ServiceInfo]:
     """Parse one v1 Service as kube-proxy would see it; never raises.

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from kproxy.model.service import label_selector, parse_service, service_selected
+from kproxy.model.labels import label_selector, service_selected
+from kproxy.model.service import parse_service
 from kproxy.model.types import (
     DEFAULT_AFFINITY_TIMEOUT_SECONDS,
     Parsed,

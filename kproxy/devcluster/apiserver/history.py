@@ -49,6 +49,9 @@ class Change:
             self._previous_restamped = self.previous.restamped(self.resource_version)
         return self._previous_restamped
 
+    def forget_encodings(self) -> None:
+        self._lines.clear()
+
     def line(self, event_type: EventType) -> bytes:
         """The encoded event for one of the types a watcher can see, built once per change."""
         cached = self._lines.get(event_type)

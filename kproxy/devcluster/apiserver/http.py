@@ -16,12 +16,21 @@ import yaml
 from aiohttp import web
 
 from kproxy.clock import Clock
-from kproxy.devcluster.apiserver import discovery, errors
+from kproxy.devcluster.apiserver import discovery, errors, openapi, protobuf
 from kproxy.devcluster.apiserver.errors import ApiError
 from kproxy.devcluster.apiserver.history import EventType, event_line
 from kproxy.devcluster.apiserver.kinds.base import KindRules
+from kproxy.devcluster.apiserver.listing import ListPage
 from kproxy.devcluster.apiserver.negotiation import Negotiated, Representation, negotiate
 from kproxy.devcluster.apiserver.objects import JsonObject, StoredObject, encode
+from kproxy.devcluster.apiserver.params import (
+    check_fields,
+    dry_run,
+    flag,
+    integer,
+    list_options_error,
+    with_warnings,
+)
 from kproxy.devcluster.apiserver.patch import (
     JSON_PATCH,
     MERGE_PATCH,
@@ -36,13 +45,13 @@ from kproxy.devcluster.apiserver.paths import ResourcePath, parse_resource_path
 from kproxy.devcluster.apiserver.resources import ResourceType
 from kproxy.devcluster.apiserver.selectors import (
     FieldSelector,
+    FieldTerm,
     LabelSelector,
     parse_field_selector,
     parse_label_selector,
 )
-from kproxy.devcluster.apiserver.store import ListPage, Store, make_filter
+from kproxy.devcluster.apiserver.store import Store, make_filter
 from kproxy.devcluster.apiserver.tables import partial_metadata, table
-from kproxy.devcluster.apiserver.validation import invalid
 from kproxy.devcluster.apiserver.watch_stream import (
     WatchOptions,
     stream_error,
@@ -55,8 +64,6 @@ log = logging.getLogger(__name__)
 JSON = "application/json"
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml")
 MAX_REQUEST_BYTES = 16 * 1024 * 1024
-_TRUE = ("1", "t", "T", "true", "TRUE", "True")
-_FALSE = ("0", "f", "F", "false", "FALSE", "False")
 _HEALTH_PATHS = ("/healthz", "/livez", "/readyz")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -76,50 +83,13 @@ def status_response(error: ApiError) -> web.Response:
     return response
 
 
-def _flag(request: web.Request, name: str) -> bool | None:
-    value = request.query.get(name)
-    if value is None or value == "":
-        return None
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise errors.bad_request(f"invalid boolean value {value!r} for parameter {name}")
-
-
-def _integer(request: web.Request, name: str) -> int | None:
-    value = request.query.get(name)
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise errors.bad_request(f"invalid integer value {value!r} for parameter {name}") from None
-
-
-def _dry_run(request: web.Request, options: JsonObject | None = None) -> bool:
-    values = request.query.getall("dryRun", [])
-    if options and isinstance(options.get("dryRun"), list):
-        values = [*values, *options["dryRun"]]
-    for value in values:
-        if value != "All":
-            raise errors.bad_request(
-                f'dryRun: Unsupported value: "{value}": supported values: "All"'
-            )
-    return bool(values)
-
-
-def _list_options_error(field: str, value: Any, detail: str) -> ApiError:
-    return errors.invalid("ListOptions", "meta.k8s.io", "", [invalid(field, value, detail)])
-
-
 def _list_body(resource: ResourceType, page: ListPage) -> bytes:
-    metadata: JsonObject = {"resourceVersion": str(page.resource_version)}
-    if page.continue_token:
-        metadata["continue"] = page.continue_token
-    if page.remaining_item_count is not None:
-        metadata["remainingItemCount"] = page.remaining_item_count
-    head = {"kind": resource.list_kind, "apiVersion": resource.api_version, "metadata": metadata}
+    """The list as JSON, joined from the objects' stored encodings (nothing re-encoded)."""
+    head = {
+        "kind": resource.list_kind,
+        "apiVersion": resource.api_version,
+        "metadata": _list_metadata(page),
+    }
     prefix = encode(head)[:-1]  # drop the closing brace to append the items
     return prefix + b',"items":[' + b",".join(obj.raw for obj in page.items) + b"]}"
 
@@ -174,16 +144,20 @@ class ApiHandlers:
     @web.middleware
     async def _log_requests(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.monotonic()
-        response = await handler(request)
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug(
-                "%s %s -> %d (%.1f ms)",
-                request.method,
-                request.path_qs,
-                response.status,
-                (time.monotonic() - started) * 1000,
-            )
-        return response
+        outcome = "cancelled"  # a watch whose client went away ends by cancellation
+        try:
+            response = await handler(request)
+            outcome = str(response.status)
+            return response
+        finally:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s %s -> %s (%.1f ms)",
+                    request.method,
+                    request.path_qs,
+                    outcome,
+                    (time.monotonic() - started) * 1000,
+                )
 
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -205,6 +179,11 @@ class ApiHandlers:
         path = request.path.rstrip("/") or "/"
         if path in _HEALTH_PATHS or path.startswith(tuple(p + "/" for p in _HEALTH_PATHS)):
             return web.Response(text="ok", content_type="text/plain")
+        if path.startswith("/openapi/v3"):
+            served = openapi.document_for(path)
+            if served is None:
+                raise errors.path_not_found()
+            return json_response(served)
         document: Any = None
         segments = path.strip("/").split("/")
         if path == "/version":
@@ -236,7 +215,7 @@ class ApiHandlers:
         method = request.method
         if route.name is None:
             if method in ("GET", "HEAD"):
-                if route.legacy_watch or _flag(request, "watch"):
+                if route.legacy_watch or flag(request, "watch"):
                     return await self._watch(request, route, None)
                 return self._list(request, route)
             if route.legacy_watch:
@@ -279,14 +258,13 @@ class ApiHandlers:
         negotiated = self._negotiate(request)
         obj = self.store.get(route.resource, route.namespace or "", route.name or "")
         if negotiated.representation is Representation.TABLE:
-            page = ListPage([obj], self.store.resource_version)
             document = table(
                 route.resource,
                 [obj],
                 now=self.clock.wall(),
                 meta_version=negotiated.meta_version,
                 include_object=request.query.get("includeObject", "Metadata"),
-                list_metadata={"resourceVersion": str(page.resource_version)},
+                list_metadata={"resourceVersion": str(obj.resource_version)},
             )
             return json_response(encode(document))
         if negotiated.representation is Representation.METADATA:
@@ -297,7 +275,7 @@ class ApiHandlers:
         negotiated = self._negotiate(request)
         resource = route.resource
         labels, fields = self._selectors(request, resource)
-        limit = _integer(request, "limit") or 0
+        limit = integer(request, "limit") or 0
         page = self.store.list_objects(
             resource,
             namespace=route.namespace,
@@ -334,37 +312,29 @@ class ApiHandlers:
         resource = route.resource
         negotiated = self._negotiate(request)
         labels, fields = self._selectors(request, resource)
-        if name is not None:
-            fields = parse_field_selector(
-                f"metadata.name={name}"
-                + (
-                    f",{request.query['fieldSelector']}"
-                    if request.query.get("fieldSelector")
-                    else ""
-                ),
-                resource.selectable_fields,
-            )
-        bookmarks = bool(_flag(request, "allowWatchBookmarks"))
-        send_initial = _flag(request, "sendInitialEvents")
+        if name is not None:  # the old /watch/.../{name} form watches one object
+            fields = FieldSelector((FieldTerm("metadata.name", name, False), *fields.terms))
+        bookmarks = bool(flag(request, "allowWatchBookmarks"))
+        send_initial = flag(request, "sendInitialEvents")
         match = request.query.get("resourceVersionMatch") or None
         if send_initial is not None:
             if match != "NotOlderThan":
-                raise _list_options_error(
+                raise list_options_error(
                     "resourceVersionMatch",
                     match or "",
                     "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
                 )
             if not bookmarks:
-                raise _list_options_error(
+                raise list_options_error(
                     "sendInitialEvents",
                     send_initial,
                     "sendInitialEvents requires setting allowWatchBookmarks to true",
                 )
         elif match is not None:
-            raise _list_options_error(
+            raise list_options_error(
                 "resourceVersionMatch", match, "resourceVersionMatch is forbidden for watch"
             )
-        timeout = _integer(request, "timeoutSeconds")
+        timeout = integer(request, "timeoutSeconds")
         watch_filter = make_filter(resource, route.namespace, labels, fields)
         try:
             start = self.store.watch(
@@ -432,6 +402,8 @@ class ApiHandlers:
                 return yaml.safe_load(raw)
             except yaml.YAMLError as error:
                 raise errors.bad_request(f"error decoding YAML: {error}") from None
+        elif content_type == protobuf.MEDIA_TYPE:
+            return self._decode_protobuf(raw)
         elif content_type not in (JSON, "application/octet-stream", ""):
             raise errors.unsupported_media_type(content_type, [JSON, "application/yaml"])
         if not raw.strip():
@@ -440,6 +412,16 @@ class ApiHandlers:
             return json.loads(raw)
         except ValueError as error:
             raise errors.bad_request(f"error decoding request body: {error}") from None
+
+    def _decode_protobuf(self, raw: bytes) -> Any:
+        try:
+            return protobuf.decode_object(raw)
+        except protobuf.ProtobufError as error:
+            if raw.startswith(protobuf.MAGIC):
+                raise errors.unsupported_media_type(
+                    f"{protobuf.MEDIA_TYPE} ({error})", [JSON, "application/yaml"]
+                ) from None
+            raise errors.bad_request(f"error decoding protobuf body: {error}") from None
 
     def _namespace_for_write(self, route: ResourcePath) -> str | None:
         if route.resource.namespaced and route.namespace is None:
@@ -451,24 +433,24 @@ class ApiHandlers:
         body = await self._read_body(request)
         if not isinstance(body, dict):
             raise errors.bad_request("the request body must be a JSON object")
-        obj = self.store.create(
-            route.resource, body, namespace=namespace, dry_run=_dry_run(request)
-        )
-        return json_response(obj.raw, 201)
+        warnings = check_fields(request, self.store.rules(route.resource), body)
+        obj = self.store.create(route.resource, body, namespace=namespace, dry_run=dry_run(request))
+        return with_warnings(json_response(obj.raw, 201), warnings)
 
     async def _update(self, request: web.Request, route: ResourcePath) -> web.Response:
         body = await self._read_body(request)
         if not isinstance(body, dict):
             raise errors.bad_request("the request body must be a JSON object")
+        warnings = check_fields(request, self.store.rules(route.resource), body)
         obj = self.store.update(
             route.resource,
             body,
             namespace=route.namespace,
             name=route.name,
-            dry_run=_dry_run(request),
+            dry_run=dry_run(request),
             status_only=route.subresource == "status",
         )
-        return json_response(obj.raw)
+        return with_warnings(json_response(obj.raw), warnings)
 
     async def _patch(self, request: web.Request, route: ResourcePath) -> web.Response:
         resource = route.resource
@@ -491,15 +473,16 @@ class ApiHandlers:
             raise errors.bad_request(str(error)) from None
         if not isinstance(patched, dict):
             raise ApiError(422, "Invalid", "the patched object must be a JSON object")
+        warnings = check_fields(request, rules, patched)
         obj = self.store.update(
             resource,
             patched,
             namespace=route.namespace,
             name=route.name,
-            dry_run=_dry_run(request),
+            dry_run=dry_run(request),
             status_only=route.subresource == "status",
         )
-        return json_response(obj.raw)
+        return with_warnings(json_response(obj.raw), warnings)
 
     async def _delete(self, request: web.Request, route: ResourcePath) -> web.Response:
         resource = route.resource
@@ -513,7 +496,7 @@ class ApiHandlers:
             route.name or "",
             uid=preconditions.get("uid"),
             resource_version=preconditions.get("resourceVersion"),
-            dry_run=_dry_run(request, options),
+            dry_run=dry_run(request, options),
         )
         if resource.returns_deleted_object:
             return json_response(deleted.raw)
@@ -542,7 +525,7 @@ class ApiHandlers:
             namespace=route.namespace,
             labels=labels,
             fields=fields,
-            dry_run=_dry_run(request, options if isinstance(options, dict) else None),
+            dry_run=dry_run(request, options if isinstance(options, dict) else None),
         )
         page = ListPage(deleted, self.store.resource_version)
         return json_response(_list_body(resource, page))

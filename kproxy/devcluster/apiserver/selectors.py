@@ -172,8 +172,11 @@ class _LabelParser:
         return value
 
     def _value_set(self) -> frozenset[str]:
-        if self._take() != "(":
-            raise bad_request(f"found '{self._tokens[self._position - 1]}', expected: '('")
+        token = self._take()
+        if token != "(":
+            raise bad_request(
+                f"found '{token or 'end of string'}', expected: '(' in {self._text!r}"
+            )
         values: set[str] = set()
         while True:
             token = self._peek()

@@ -104,7 +104,7 @@ class DevApiServer:
             shutdown_timeout=_STOP_GRACE_SECONDS,
         )
         await runner.setup()
-        site = web.TCPSite(runner, host, port, shutdown_timeout=_STOP_GRACE_SECONDS)
+        site = web.TCPSite(runner, host, port)
         try:
             await site.start()
         except BaseException:

@@ -8,25 +8,44 @@ Stored bodies are never mutated; a write builds the next version from a copy of 
 from __future__ import annotations
 
 import bisect
+import copy
 import random
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from kproxy.clock import Clock, SystemClock
 from kproxy.devcluster.apiserver import errors
 from kproxy.devcluster.apiserver.allocators import IPAllocator, PortAllocator, Reservations
 from kproxy.devcluster.apiserver.errors import ApiError
+from kproxy.devcluster.apiserver.fields import drop_unknown
 from kproxy.devcluster.apiserver.history import Change, ChangeHistory, EventType
 from kproxy.devcluster.apiserver.kinds.base import KindRules
 from kproxy.devcluster.apiserver.kinds.endpointslices import EndpointSliceRules
 from kproxy.devcluster.apiserver.kinds.namespaces import UNDELETABLE, NamespaceRules
 from kproxy.devcluster.apiserver.kinds.nodes import NodeRules
 from kproxy.devcluster.apiserver.kinds.services import ServiceNetwork, ServiceRules
+from kproxy.devcluster.apiserver.listing import (
+    ListPage,
+    View,
+    check_list_version_options,
+    continuation,
+    continue_expired,
+    parse_resource_version,
+    select_page,
+    view_before,
+)
+from kproxy.devcluster.apiserver.metadata import (
+    SYSTEM_METADATA,
+    check_identity,
+    generate_name,
+    metadata_errors,
+    new_uid,
+    ordered,
+    request_namespace,
+    timestamp,
+)
 from kproxy.devcluster.apiserver.objects import JsonObject, ObjectKey, StoredObject
-from kproxy.devcluster.apiserver.pagination import LATEST, ContinueToken
 from kproxy.devcluster.apiserver.resources import (
     NAMESPACES,
     RESOURCE_TYPES,
@@ -35,45 +54,14 @@ from kproxy.devcluster.apiserver.resources import (
     find_by_kind,
 )
 from kproxy.devcluster.apiserver.selectors import FieldSelector, LabelSelector
-from kproxy.devcluster.apiserver.validation import (
-    FieldError,
-    invalid,
-    required,
-    validate_annotations,
-    validate_labels,
-)
 from kproxy.devcluster.apiserver.watchers import EventEncoder, Watcher, WatchFilter
 
 DEFAULT_SERVICE_CIDRS = ("10.96.0.0/16",)
 DEFAULT_NODE_PORT_RANGE = (30000, 32767)
-DEFAULT_HISTORY_SIZE = 100_000
+# Changes kept for watches to resume from (all kinds together). Each holds the previous
+# version of an object, so this bounds memory under churn as well as resumability.
+DEFAULT_HISTORY_SIZE = 50_000
 DEFAULT_NAMESPACES = ("default", "kube-system")
-# Characters a generated name suffix is drawn from (no vowels: no accidental words).
-_NAME_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
-_NAME_SUFFIX_LENGTH = 5
-_MAX_GENERATE_NAME_PREFIX = 58
-_METADATA_ORDER = (
-    "name",
-    "generateName",
-    "namespace",
-    "uid",
-    "resourceVersion",
-    "generation",
-    "creationTimestamp",
-    "labels",
-    "annotations",
-    "ownerReferences",
-    "finalizers",
-)
-_SYSTEM_METADATA = ("deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink")
-
-
-@dataclass(frozen=True, slots=True)
-class ListPage:
-    items: list[StoredObject]
-    resource_version: int
-    continue_token: str | None = None
-    remaining_item_count: int | None = None
 
 
 @dataclass(slots=True)
@@ -85,49 +73,13 @@ class WatchStart:
     resource_version: int
 
 
-@dataclass(frozen=True, slots=True)
-class _View:
-    """The objects of one kind as of one resourceVersion."""
-
-    keys: Sequence[ObjectKey]
-    lookup: Callable[[ObjectKey], StoredObject | None]
-    exact: bool  # every key in ``keys`` exists (no overlay of older states)
-
-
-def _timestamp(clock: Clock) -> str:
-    return datetime.fromtimestamp(clock.wall(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _ordered(body: JsonObject) -> JsonObject:
-    """The object with the field order a real server writes (kind, apiVersion, metadata...)."""
-    metadata = body["metadata"]
-    ordered_metadata = {key: metadata[key] for key in _METADATA_ORDER if key in metadata}
-    ordered_metadata.update((k, v) for k, v in metadata.items() if k not in ordered_metadata)
-    result: JsonObject = {
-        "kind": body["kind"],
-        "apiVersion": body["apiVersion"],
-        "metadata": ordered_metadata,
-    }
-    result.update((k, v) for k, v in body.items() if k not in result and k != "status")
-    if "status" in body:
-        result["status"] = body["status"]
-    return result
-
-
-def _parse_resource_version(value: str | None) -> int | None:
-    """None for unset/"0" (any version will do), else the number; 400 if not a number."""
-    if value in (None, "", "0"):
-        return None
-    try:
-        number = int(str(value))
-    except ValueError:
-        raise errors.bad_request(f"invalid resource version {value!r}") from None
-    if number < 0:
-        raise errors.bad_request(f"invalid resource version {value!r}")
-    return number
-
-
 class Store:
+    """Objects of every served kind, keyed by (namespace, name) and kept in list order.
+
+    Not thread-safe: use it from the event loop that serves it (tests may call it directly
+    between requests; every call is atomic with respect to requests and watches).
+    """
+
     def __init__(
         self,
         *,
@@ -218,8 +170,7 @@ class Store:
         resource_version: str | None = None,
         resource_version_match: str | None = None,
     ) -> ListPage:
-        labels = labels or LabelSelector()
-        fields = fields or FieldSelector()
+        """One page of a list, with the semantics of the list verb's query parameters."""
         if limit < 0:
             raise errors.bad_request(f"limit must be non-negative, got {limit}")
         start_after: ObjectKey | None = None
@@ -228,77 +179,28 @@ class Store:
                 raise errors.bad_request(
                     "specifying resource version is not allowed when using continue"
                 )
-            token = ContinueToken.decode(continue_token)
-            at = (
-                self._resource_version
-                if token.resource_version == LATEST
-                else (token.resource_version)
-            )
-            start_after = token.after
+            at, start_after = continuation(continue_token, self._resource_version)
             try:
                 view = self._view(resource, at)
             except ApiError:
-                raise _continue_expired(token.after) from None
+                raise continue_expired(start_after) from None
         else:
             at = self._list_version(resource_version, resource_version_match)
             view = self._view(resource, at)
-
-        keys = view.keys
-        low, high = 0, len(keys)
-        if namespace is not None and resource.namespaced:
-            low = bisect.bisect_left(keys, (namespace, ""))
-            high = bisect.bisect_left(keys, (namespace + "\0", ""))
-        position = low
-        if start_after is not None:
-            position = max(low, bisect.bisect_right(keys, start_after, low, high))
-        wanted_name = fields.required_value("metadata.name")
-        filtered = not labels.empty or not fields.empty
-        items: list[StoredObject] = []
-        more = False
-        while position < high:
-            key = keys[position]
-            position += 1
-            if wanted_name is not None and key[1] != wanted_name:
-                continue
-            obj = view.lookup(key)
-            if obj is None:
-                continue
-            if not labels.empty and not labels.matches(obj.labels):
-                continue
-            if not fields.empty and not fields.matches(resource.field_values(obj.body)):
-                continue
-            if limit and len(items) == limit:
-                more = True
-                break
-            items.append(obj)
-        if not more:
-            return ListPage(items, at)
-        token_text = ContinueToken(at, items[-1].key).encode()
-        remaining = None
-        if not filtered:
-            after = bisect.bisect_right(keys, items[-1].key, low, high)
-            remaining = (
-                high - after
-                if view.exact
-                else sum(1 for key in keys[after:high] if view.lookup(key) is not None)
-            )
-        return ListPage(items, at, token_text, remaining)
+        return select_page(
+            view,
+            resource,
+            at,
+            namespace=namespace,
+            labels=labels or LabelSelector(),
+            fields=fields or FieldSelector(),
+            limit=limit,
+            start_after=start_after,
+        )
 
     def _list_version(self, requested: str | None, match: str | None) -> int:
-        if match not in (None, "", "NotOlderThan", "Exact"):
-            raise errors.bad_request(
-                f'resourceVersionMatch: Unsupported value: "{match}": supported values: '
-                '"Exact", "NotOlderThan"'
-            )
-        if match and requested in (None, ""):
-            raise errors.bad_request(
-                "resourceVersionMatch is forbidden unless resourceVersion is provided"
-            )
-        if match == "Exact" and requested == "0":
-            raise errors.bad_request(
-                'resourceVersionMatch "exact" is forbidden for resourceVersion "0"'
-            )
-        number = _parse_resource_version(requested)
+        check_list_version_options(requested, match)
+        number = parse_resource_version(requested)
         if number is None:
             return self._resource_version
         if number > self._resource_version:
@@ -309,25 +211,15 @@ class Store:
             return number
         return self._resource_version
 
-    def _view(self, resource: ResourceType, at: int) -> _View:
-        current = self._objects[resource.plural]
+    def _view(self, resource: ResourceType, at: int) -> View:
+        objects = self._objects[resource.plural]
         order = self._order[resource.plural]
-        if at == self._resource_version:
-            return _View(order, current.get, True)
+        if at >= self._resource_version:
+            return View.current(objects, order)
         changes = self._history.since(at)
         if changes is None:
             raise errors.too_old_resource_version(at, self._history.oldest_available)
-        overlay: dict[ObjectKey, StoredObject | None] = {}
-        for change in reversed(changes):
-            if change.plural == resource.plural:
-                overlay[change.key] = None if change.type is EventType.ADDED else change.previous
-        if not overlay:
-            return _View(order, current.get, True)
-
-        def lookup(key: ObjectKey) -> StoredObject | None:
-            return overlay[key] if key in overlay else current.get(key)
-
-        return _View(sorted(set(order) | set(overlay)), lookup, False)
+        return view_before(objects, order, changes, resource.plural)
 
     # --- writes ----------------------------------------------------------------------------
 
@@ -341,21 +233,22 @@ class Store:
     ) -> StoredObject:
         """Store a new object. The store takes ownership of ``body`` (and may change it)."""
         rules = self._rules[resource.plural]
-        metadata = self._check_identity(resource, body)
+        metadata = check_identity(resource, body)
+        drop_unknown(body, rules.known_fields)
         if metadata.get("resourceVersion"):
             raise errors.bad_request("resourceVersion should not be set on objects to be created")
-        scope = self._request_namespace(resource, metadata, namespace)
+        scope = request_namespace(resource, metadata, namespace)
         if resource.namespaced and not self.namespace_exists(scope):
             raise errors.not_found(NAMESPACES.group_resource, scope)
         if not metadata.get("name") and metadata.get("generateName"):
-            metadata["name"] = self._generate_name(str(metadata["generateName"]))
+            metadata["name"] = generate_name(str(metadata["generateName"]), self._random)
         name = str(metadata.get("name") or "")
-        problems = self._metadata_errors(rules, metadata)
-        for key in _SYSTEM_METADATA:
+        problems = metadata_errors(rules, metadata)
+        for key in SYSTEM_METADATA:
             metadata.pop(key, None)
-        metadata["uid"] = str(uuid.UUID(int=self._random.getrandbits(128), version=4))
+        metadata["uid"] = new_uid(self._random)
         metadata["resourceVersion"] = ""  # reserves its place in the field order
-        metadata["creationTimestamp"] = _timestamp(self._clock)
+        metadata["creationTimestamp"] = timestamp(self._clock)
         if rules.generation_fields:
             metadata["generation"] = 1
         else:
@@ -371,12 +264,12 @@ class Store:
             if dry_run:
                 reservations.rollback()
                 metadata.pop("resourceVersion")
-                return StoredObject.seal(_ordered(body), 0)
+                return StoredObject.seal(ordered(body), 0)
         except BaseException:
             reservations.rollback()
             raise
         reservations.commit()
-        return self._commit(resource, EventType.ADDED, _ordered(body), None)
+        return self._commit(resource, EventType.ADDED, ordered(body), None)
 
     def update(
         self,
@@ -391,8 +284,9 @@ class Store:
         """Replace an object (PUT). A non-empty metadata.resourceVersion that is not the
         current one is a 409 Conflict; status is only changed by ``status_only`` updates."""
         rules = self._rules[resource.plural]
-        metadata = self._check_identity(resource, body)
-        scope = self._request_namespace(resource, metadata, namespace)
+        metadata = check_identity(resource, body)
+        drop_unknown(body, rules.known_fields)
+        scope = request_namespace(resource, metadata, namespace)
         body_name = metadata.get("name")
         if name is None:
             name = str(body_name or "")
@@ -417,18 +311,18 @@ class Store:
             problems = rules.validate_status(candidate)
             body = candidate
         else:
-            for key in _SYSTEM_METADATA:
+            for key in SYSTEM_METADATA:
                 metadata.pop(key, None)
             for key in ("uid", "creationTimestamp", "generation"):
                 if key in old.metadata:
                     metadata[key] = old.metadata[key]
             if resource.has_status:
-                status = old.mutable_copy().get("status")
+                status = copy.deepcopy(old.body.get("status"))
                 if status is None:
                     body.pop("status", None)
                 else:
                     body["status"] = status
-            problems = self._metadata_errors(rules, metadata)
+            problems = metadata_errors(rules, metadata)
         body["metadata"]["resourceVersion"] = str(old.resource_version)
 
         reservations = Reservations()
@@ -441,7 +335,7 @@ class Store:
                 body.get(f) != old.body.get(f) for f in rules.generation_fields
             ):
                 body["metadata"]["generation"] = int(old.metadata.get("generation", 0)) + 1
-            candidate = _ordered(body)
+            candidate = ordered(body)
             if candidate == old.body:
                 reservations.rollback()
                 return old  # a no-op update changes nothing, not even the resourceVersion
@@ -547,7 +441,7 @@ class Store:
         """Register a watcher. Unset or "0" resourceVersion starts with the current objects as
         ADDED events; a number N replays every change after N (410 Gone if already dropped)."""
         resource = watch_filter.resource
-        number = _parse_resource_version(resource_version)
+        number = parse_resource_version(resource_version)
         if number is not None and number > self._resource_version:
             raise errors.too_large_resource_version(number, self._resource_version)
         if send_initial_events is None:
@@ -573,10 +467,6 @@ class Store:
 
     def stop_watching(self, watcher: Watcher) -> None:
         self._watchers[watcher.filter.resource.plural].discard(watcher)
-
-    def watchers(self) -> Iterator[Watcher]:
-        for registered in self._watchers.values():
-            yield from list(registered)
 
     # --- persistence -----------------------------------------------------------------------
 
@@ -647,66 +537,11 @@ class Store:
         self._history.append(change)
         for watcher in list(self._watchers[change.plural]):
             watcher.offer(change)
+        # Queued watchers hold the encoded events; the history need not keep a copy.
+        change.forget_encodings()
 
     def _scope(self, resource: ResourceType, namespace: str | None) -> str:
         return (namespace or "") if resource.namespaced else ""
-
-    def _check_identity(self, resource: ResourceType, body: Any) -> JsonObject:
-        if not isinstance(body, dict):
-            raise errors.bad_request("the request body must be a JSON object")
-        api_version = body.setdefault("apiVersion", resource.api_version)
-        kind = body.setdefault("kind", resource.kind)
-        if api_version != resource.api_version:
-            raise errors.bad_request(
-                f"the API version in the data ({api_version}) does not match the expected API "
-                f"version ({resource.api_version})"
-            )
-        if kind != resource.kind:
-            raise errors.bad_request(
-                f"the kind in the data ({kind}) does not match the expected kind ({resource.kind})"
-            )
-        metadata = body.get("metadata")
-        if metadata is None:
-            metadata = body["metadata"] = {}
-        if not isinstance(metadata, dict):
-            raise errors.bad_request("metadata must be a JSON object")
-        return metadata
-
-    def _request_namespace(
-        self, resource: ResourceType, metadata: JsonObject, namespace: str | None
-    ) -> str:
-        if not resource.namespaced:
-            metadata.pop("namespace", None)
-            return ""
-        given = metadata.get("namespace")
-        if namespace is None:
-            namespace = str(given or "default")
-        elif given and given != namespace:
-            raise errors.bad_request(
-                "the namespace of the provided object does not match the namespace sent on "
-                "the request"
-            )
-        metadata["namespace"] = namespace
-        return namespace
-
-    def _metadata_errors(self, rules: KindRules, metadata: JsonObject) -> list[FieldError]:
-        problems: list[FieldError] = []
-        name = metadata.get("name")
-        if not name:
-            problems.append(required("metadata.name", "name or generateName is required"))
-        elif not isinstance(name, str):
-            problems.append(invalid("metadata.name", name, "must be a string"))
-        else:
-            problems.extend(invalid("metadata.name", name, p) for p in rules.name_problems(name))
-        problems.extend(validate_labels(metadata.get("labels"), "metadata.labels"))
-        problems.extend(validate_annotations(metadata.get("annotations"), "metadata.annotations"))
-        return problems
-
-    def _generate_name(self, prefix: str) -> str:
-        suffix = "".join(
-            self._random.choice(_NAME_SUFFIX_ALPHABET) for _ in range(_NAME_SUFFIX_LENGTH)
-        )
-        return prefix[:_MAX_GENERATE_NAME_PREFIX] + suffix
 
 
 def _service_network(
@@ -718,19 +553,6 @@ def _service_network(
     if len({a.family for a in allocators}) != len(allocators):
         raise ValueError("two service CIDRs must be of different IP families")
     return ServiceNetwork(allocators, PortAllocator(*node_port_range, rng))
-
-
-def _continue_expired(after: ObjectKey) -> ApiError:
-    error = errors.expired(
-        "The provided continue parameter is too old to display a consistent list result. "
-        "You can start a new list without the continue parameter, or use the continue token "
-        "in this response to retrieve the remainder of the results. Continuing with the "
-        "provided token results in an inconsistent list - objects that were created, "
-        "modified, or deleted between the time the first chunk was returned and now may show "
-        "up in the list."
-    )
-    error.metadata = {"continue": ContinueToken(LATEST, after).encode()}
-    return error
 
 
 def make_filter(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kproxy.devcluster.apiserver.allocators import Reservations
+from kproxy.devcluster.apiserver.fields import Fields, top_level
 from kproxy.devcluster.apiserver.objects import JsonObject
 from kproxy.devcluster.apiserver.patch import METADATA_PATCH_SCHEMA, ListMerge, PatchSchema
 from kproxy.devcluster.apiserver.resources import ResourceType
@@ -18,6 +19,8 @@ class KindRules:
     # Top-level fields whose change bumps metadata.generation; empty: no generation kept.
     generation_fields: tuple[str, ...] = ()
     patch_lists: dict[str, ListMerge] = {}
+    # The fields objects of this kind have; others are dropped (or rejected when strict).
+    known_fields: Fields = top_level(spec=None, status=None)
 
     def __init__(self, resource: ResourceType) -> None:
         self.resource = resource

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from kproxy.devcluster.apiserver.allocators import Reservations
+from kproxy.devcluster.apiserver.fields import ListOf, fields, top_level
 from kproxy.devcluster.apiserver.kinds.base import KindRules
 from kproxy.devcluster.apiserver.objects import JsonObject
 from kproxy.devcluster.apiserver.resources import ENDPOINT_SLICES
@@ -130,8 +131,27 @@ def _validate_ports(body: JsonObject) -> list[FieldError]:
     return errors
 
 
+ENDPOINT_SLICE_FIELDS = top_level(
+    addressType=None,
+    endpoints=ListOf(
+        fields(
+            "addresses",
+            "hostname",
+            "targetRef",
+            "deprecatedTopology",
+            "nodeName",
+            "zone",
+            "hints",
+            conditions=fields("ready", "serving", "terminating"),
+        )
+    ),
+    ports=ListOf(fields("name", "protocol", "port", "appProtocol")),
+)
+
+
 class EndpointSliceRules(KindRules):
     generation_fields = ("addressType", "endpoints", "ports")
+    known_fields = ENDPOINT_SLICE_FIELDS
 
     def __init__(self) -> None:
         super().__init__(ENDPOINT_SLICES)

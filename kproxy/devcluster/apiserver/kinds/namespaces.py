@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kproxy.devcluster.apiserver.allocators import Reservations
+from kproxy.devcluster.apiserver.fields import fields, top_level
 from kproxy.devcluster.apiserver.kinds.base import KindRules
 from kproxy.devcluster.apiserver.objects import JsonObject
 from kproxy.devcluster.apiserver.patch import ListMerge
@@ -16,6 +17,7 @@ UNDELETABLE = frozenset({"default", "kube-system", "kube-public"})
 
 
 class NamespaceRules(KindRules):
+    known_fields = top_level(spec=fields("finalizers"), status=None)
     patch_lists = {"status.conditions": ListMerge("type")}
 
     def __init__(self) -> None:

@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 from kproxy.devcluster.apiserver.allocators import Reservations
+from kproxy.devcluster.apiserver.fields import fields, top_level
 from kproxy.devcluster.apiserver.kinds.base import KindRules
 from kproxy.devcluster.apiserver.objects import JsonObject
 from kproxy.devcluster.apiserver.patch import ListMerge
 from kproxy.devcluster.apiserver.resources import NODES
 from kproxy.devcluster.apiserver.validation import FieldError, invalid, parse_ip
 
+NODE_FIELDS = top_level(
+    spec=fields(
+        "podCIDR",
+        "podCIDRs",
+        "providerID",
+        "unschedulable",
+        "taints",
+        "configSource",
+        "externalID",
+    ),
+    status=None,
+)
+
 
 class NodeRules(KindRules):
+    known_fields = NODE_FIELDS
     patch_lists = {
         "spec.podCIDRs": ListMerge(),
         "status.addresses": ListMerge("type"),
