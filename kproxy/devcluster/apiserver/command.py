@@ -59,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"address to serve plain HTTP on (default {DEFAULT_LISTEN}; port 0: any free)",
     )
     parser.add_argument(
+        "--listen-unix",
+        metavar="PATH",
+        help="also serve on this Unix socket (reachable from any network namespace)",
+    )
+    parser.add_argument(
         "--load",
         action="append",
         default=[],
@@ -99,7 +104,7 @@ async def serve(args: argparse.Namespace) -> int:
         state_file=args.state_file,
     )
     host, port = args.listen
-    await server.start(host, port)
+    await server.start(host, port, unix_path=args.listen_unix)
     try:
         for path in args.load:
             objects = read_manifests(path)
@@ -112,15 +117,24 @@ async def serve(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stopping.set)
+        # SIGUSR1: expire every watcher's resourceVersion (as etcd compaction does), so that
+        # every client relists after a 410 Gone. For testing clients' recovery.
+        loop.add_signal_handler(signal.SIGUSR1, lambda: _expire(server))
         try:
             await stopping.wait()
         finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
                 loop.remove_signal_handler(signum)
         log.info("shutting down")
     finally:
         await server.stop()
     return 0
+
+
+def _expire(server: DevApiServer) -> None:
+    closed = server.expire_watches()
+    log.info("SIGUSR1: history expired at resourceVersion %d; %d watches ended",
+             server.store.resource_version, closed)
 
 
 def run(args: argparse.Namespace) -> int:

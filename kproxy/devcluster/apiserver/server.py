@@ -87,7 +87,12 @@ class DevApiServer:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, unix_path: str | None = None
+    ) -> None:
+        """Serve on HOST:PORT and, with ``unix_path``, also on that Unix socket: a process in
+        another network namespace (a test driver, the demo) reaches the server through the
+        file system without any network path between the namespaces."""
         if self._runner is not None:
             raise RuntimeError("the server is already running")
         # A (re)started server never has history: watches from older versions get 410.
@@ -104,15 +109,18 @@ class DevApiServer:
             shutdown_timeout=_STOP_GRACE_SECONDS,
         )
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
         try:
-            await site.start()
+            await web.TCPSite(runner, host, port).start()
+            if unix_path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(unix_path)
+                await web.UnixSite(runner, unix_path).start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        sockets = [s for s in (runner.addresses or [])]
-        bound = sockets[0] if sockets else (host, port)
+        tcp_addresses = [a for a in (runner.addresses or []) if isinstance(a, tuple)]
+        bound = tcp_addresses[0] if tcp_addresses else (host, port)
         self._host, self._port = str(bound[0]), int(bound[1])
         if self._state_file is not None:
             self._saver = asyncio.create_task(self._save_periodically())
@@ -185,6 +193,13 @@ class DevApiServer:
         """Drop the change history: any watch or continue token from an older resourceVersion
         gets 410 Gone."""
         self._store.compact()
+
+    def expire_watches(self) -> int:
+        """Force every watcher to relist: expire all versions handed out so far, then end the
+        watch streams cleanly, so each client's next watch gets 410 Gone. Returns how many
+        watches were open."""
+        self._store.expire_history()
+        return self._handlers.close_watches(CloseReason.SHUTDOWN)
 
     def close_watches(self) -> int:
         """Cut every open watch connection, as a network failure would; returns how many."""

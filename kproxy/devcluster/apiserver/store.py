@@ -133,6 +133,16 @@ class Store:
         """Forget all history: watches and continue tokens from older versions get 410 Gone."""
         self._history.clear(self._resource_version)
 
+    def expire_history(self) -> None:
+        """Make every version handed out so far too old to watch from.
+
+        In a real cluster the resourceVersion also moves with writes to kinds this server
+        does not keep (Leases, Events), and etcd compaction then expires versions a watcher
+        still holds. This reproduces that: one unrelated "write", then a compaction.
+        """
+        self._resource_version += 1
+        self.compact()
+
     # --- reads -----------------------------------------------------------------------------
 
     def get(self, resource: ResourceType, namespace: str, name: str) -> StoredObject:
