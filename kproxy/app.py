@@ -46,9 +46,11 @@ class ProxyService:
         self.last_sync_ok: bool | None = None
 
     def _on_change(self) -> None:
+        # Before both first lists are in, changes only accumulate: the first sync must see
+        # the complete state, and must not be held back by a premature one's min interval.
         if self.tracker.ready:
             self.ready.set()
-        self.runner.request()
+            self.runner.request()
 
     async def _sync(self) -> bool:
         if not self.tracker.ready:

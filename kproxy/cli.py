@@ -32,7 +32,13 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[argparse.Namespace], int]
 
-DEVAPI_MODULE = "kproxy.devcluster.apiserver.command"
+# Subcommands whose module (and its flags) is imported only when that subcommand runs.
+LAZY_COMMANDS = {
+    "devapi": ("kproxy.devcluster.apiserver.command",
+               "serve an in-memory Kubernetes API for tests and demos"),
+    "demo": ("kproxy.devcluster.demo",
+             "run a 2-node dev cluster in network namespaces and show kproxy at work"),
+}
 USAGE_ERROR = 2
 _RUN_EPILOG = (
     "Flags follow kube-proxy's syntax: --flag value, --flag=value, booleans as --flag or "
@@ -41,7 +47,6 @@ _RUN_EPILOG = (
 _NOT_YET_AVAILABLE = {
     "rules": "print the rules kproxy would program, without applying them",
     "cleanup": "remove every rule kproxy created, then exit",
-    "demo": "start a dev cluster with nodes and pods in network namespaces",
 }
 
 
@@ -52,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # pflag syntax for run's flags (see kproxy.config.flags); the rest is plain argparse.
         position = arguments.index(command) + 1
         arguments = arguments[:position] + normalise_argv(arguments[position:])
-    parser = build_parser(load_devapi=command == "devapi")
+    parser = build_parser(load=command)
     try:
         args, extra = parser.parse_known_args(arguments)
         if extra and not getattr(args, "takes_any_arguments", False):
@@ -64,8 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return handler(args)
 
 
-def build_parser(*, load_devapi: bool = False) -> argparse.ArgumentParser:
-    """The command line; the dev API server's own flags are loaded only when asked for."""
+def build_parser(*, load: str | None = None) -> argparse.ArgumentParser:
+    """The command line; a lazy subcommand's flags are loaded only when it is ``load``."""
     parser = argparse.ArgumentParser(
         prog="kproxy",
         description="A Kubernetes service proxy: a drop-in replacement for kube-proxy.",
@@ -87,8 +92,8 @@ def build_parser(*, load_devapi: bool = False) -> argparse.ArgumentParser:
 
     for name in ("rules", "cleanup"):
         _add_not_yet_available(commands, name)
-    _add_devapi(commands, load=load_devapi)
-    _add_not_yet_available(commands, "demo")
+    for name in LAZY_COMMANDS:
+        _add_lazy(commands, name, load=load == name)
     return parser
 
 
@@ -123,26 +128,23 @@ def _run_proxy(config: ProxyConfig) -> int:
         return 130
 
 
-def _add_devapi(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], *, load: bool
+def _add_lazy(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, *, load: bool
 ) -> None:
-    help_text = "serve an in-memory Kubernetes API for tests and demos"
-    devapi = commands.add_parser("devapi", help=help_text, description=help_text)
-    module: ModuleType | None = None
-    if load:
-        try:
-            module = importlib.import_module(DEVAPI_MODULE)
-        except ImportError as error:
-            unavailable = f"kproxy devapi: not available ({error})"
-            devapi.set_defaults(handler=lambda _args: _fail(unavailable), takes_any_arguments=True)
-            return
-    if module is None:
-        # Only listed: `kproxy devapi ...` loads the real parser (load=True).
-        devapi.set_defaults(handler=lambda _args: _fail("kproxy devapi: not loaded"))
+    module_name, help_text = LAZY_COMMANDS[name]
+    command = commands.add_parser(name, help=help_text, description=help_text)
+    if not load:
+        # Only listed: `kproxy NAME ...` loads the real parser (load=True).
+        command.set_defaults(handler=lambda _args: _fail(f"kproxy {name}: not loaded"))
         return
-    module.add_arguments(devapi)
-    loaded = module
-    devapi.set_defaults(handler=lambda args: int(loaded.run(args)), command_parser=devapi)
+    try:
+        module: ModuleType = importlib.import_module(module_name)
+    except ImportError as error:
+        unavailable = f"kproxy {name}: not available ({error})"
+        command.set_defaults(handler=lambda _args: _fail(unavailable), takes_any_arguments=True)
+        return
+    module.add_arguments(command)
+    command.set_defaults(handler=lambda args: int(module.run(args)), command_parser=command)
 
 
 def _add_not_yet_available(

@@ -30,6 +30,9 @@ from kproxy.kube.transport import ApiError, KubeTransport, ResourceExpired, erro
 
 log = logging.getLogger(__name__)
 
+# After a 410 Gone the relist is immediate, unless the previous 410 was this recent.
+EXPIRY_QUIET_PERIOD = 60.0
+
 ObjectKey = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped objects
 
 
@@ -108,6 +111,7 @@ class Informer:
         self._request_timeout = request_timeout
         self._rng = rng or random.Random()
         self._known: dict[ObjectKey, str] = {}
+        self._last_expiry: float | None = None
         self.resource_version = ""
         self.listed = asyncio.Event()
         self.stats = InformerStats()
@@ -126,12 +130,22 @@ class Informer:
             except ResourceExpired as error:
                 self.stats.expired += 1
                 log.info("%s watch expired (%s); relisting", self._spec.kind, error.message)
+                if self._relist_at_once_after_expiry():
+                    continue
             except (ApiError, aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
                 self.stats.errors += 1
                 log.warning("%s list/watch failed: %s", self._spec.kind, error or repr(error))
             delay = self._backoff.next_delay()
             log.debug("%s: relisting in %.2fs", self._spec.kind, delay)
             await self._clock.sleep(delay)
+
+    def _relist_at_once_after_expiry(self) -> bool:
+        """410 Gone is routine (history compacted): relist at once, as client-go does, unless
+        410s keep coming, which then go through the backoff like any other failure."""
+        now = self._clock.monotonic()
+        at_once = self._last_expiry is None or now - self._last_expiry > EXPIRY_QUIET_PERIOD
+        self._last_expiry = now
+        return at_once
 
     # -- list ---------------------------------------------------------------------------------
 

@@ -14,13 +14,10 @@ from typing import Any
 import pytest
 
 from kproxy.devcluster.client import DevApiClient
-from kproxy.devcluster.cluster import DevApiProcess, TrackerState, TrackerView, endpoints_of
+from kproxy.devcluster.cluster import DevApiProcess, TrackerView, endpoints_of
 from kproxy.devcluster.lab import Lab
 
 pytestmark = pytest.mark.kernel
-
-State = TrackerState
-
 
 def service(name: str, port: int, target: int = 8080) -> dict[str, Any]:
     return {
