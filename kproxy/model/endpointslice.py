@@ -26,12 +26,12 @@ from kproxy.model.addresses import normalize_ip
 from kproxy.model.labels import service_selected
 from kproxy.model.objectmeta import (
     MAX_NAME_LENGTH,
-    MAX_PORT_NAME_LENGTH,
     ObjectProblems,
     describe,
     is_object,
     port_number,
     read_metadata,
+    read_port_identity,
 )
 from kproxy.model.types import (
     Endpoint,
@@ -39,7 +39,6 @@ from kproxy.model.types import (
     EndpointSlicePort,
     IPFamily,
     Parsed,
-    Protocol,
 )
 
 KIND: Final = "EndpointSlice"
@@ -47,7 +46,6 @@ SERVICE_NAME_LABEL: Final = "kubernetes.io/service-name"
 LAST_CHANGE_TRIGGER_TIME_ANNOTATION: Final = "endpoints.kubernetes.io/last-change-trigger-time"
 
 _ADDRESS_TYPES: Final[Mapping[object, IPFamily]] = {f.value: f for f in IPFamily}
-_PROTOCOLS: Final[Mapping[object, Protocol]] = {p.value: p for p in Protocol}
 # Go's time.RFC3339Nano as kube-proxy parses it: upper-case T and Z, numeric offset.
 _RFC3339: Final = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?"
@@ -121,20 +119,10 @@ def _slice_port(raw: object, index: int, problems: ObjectProblems) -> EndpointSl
     if not is_object(raw):
         problems.ignore(path, "not an object")
         return None
-    name = raw.get("name")
-    if name is None:
-        name = ""
-    elif type(name) is not str or len(name) > MAX_PORT_NAME_LENGTH:
-        problems.ignore(f"{path}.name", f"not a port name: {describe(name)}")
+    identity = read_port_identity(raw, path, problems)
+    if identity is None:
         return None
-    raw_protocol = raw.get("protocol")
-    if raw_protocol is None:
-        protocol: Protocol | None = Protocol.TCP
-    else:
-        protocol = _PROTOCOLS.get(raw_protocol) if type(raw_protocol) is str else None
-    if protocol is None:
-        problems.ignore(f"{path}.protocol", f"unsupported protocol {describe(raw_protocol)}")
-        return None
+    name, protocol = identity
     raw_port = raw.get("port")
     port = port_number(raw_port)
     if port is None:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeGuard, TypeVar
 
-from kproxy.model.types import Parsed, Rejection
+from kproxy.model.types import Parsed, Protocol, Rejection
 
 T = TypeVar("T")
 
@@ -136,3 +136,27 @@ def describe(value: object) -> str:
     except (ValueError, RecursionError):
         return f"<unprintable {type(value).__name__}>"
 
+
+
+_PROTOCOLS: Final[Mapping[object, Protocol]] = {p.value: p for p in Protocol}
+
+
+def read_port_identity(
+    raw: Mapping[str, Any], path: str, problems: ObjectProblems
+) -> tuple[str, Protocol] | None:
+    """The (name, protocol) of a Service or EndpointSlice ports[] entry, with the API
+    server's defaults ("" and TCP); None, with the problem recorded, when either is bad."""
+    name = raw.get("name")
+    if name is None:
+        name = ""
+    elif type(name) is not str or len(name) > MAX_PORT_NAME_LENGTH:
+        problems.ignore(f"{path}.name", f"not a port name: {describe(name)}")
+        return None
+    raw_protocol = raw.get("protocol")
+    if raw_protocol is None:
+        return name, Protocol.TCP
+    protocol = _PROTOCOLS.get(raw_protocol) if type(raw_protocol) is str else None
+    if protocol is None:
+        problems.ignore(f"{path}.protocol", f"unsupported protocol {describe(raw_protocol)}")
+        return None
+    return name, protocol

@@ -33,6 +33,7 @@ from kproxy.model.objectmeta import (
     is_object,
     port_number,
     read_metadata,
+    read_port_identity,
 )
 from kproxy.model.types import (
     DEFAULT_AFFINITY_TIMEOUT_SECONDS,
@@ -51,7 +52,6 @@ KIND: Final = "Service"
 MAX_TARGET_PORT_NAME_LENGTH: Final = 15  # IANA_SVC_NAME
 MAX_AFFINITY_TIMEOUT_SECONDS: Final = 86400  # API validation's upper bound (one day)
 
-_PROTOCOLS: Final[Mapping[object, Protocol]] = {p.value: p for p in Protocol}
 _SERVICE_TYPES: Final[Mapping[object, ServiceType]] = {t.value: t for t in ServiceType}
 _NODE_PORT_TYPES: Final = frozenset({ServiceType.NODE_PORT, ServiceType.LOAD_BALANCER})
 _TRAFFIC_POLICIES: Final[Mapping[object, TrafficPolicy]] = {p.value: p for p in TrafficPolicy}
@@ -218,20 +218,10 @@ def _port_fields(
     if not is_object(raw):
         problems.ignore(path, "not an object")
         return None
-    name = raw.get("name")
-    if name is None:
-        name = ""
-    elif type(name) is not str or len(name) > MAX_PORT_NAME_LENGTH:
-        problems.ignore(f"{path}.name", f"not a port name: {describe(name)}")
+    identity = read_port_identity(raw, path, problems)
+    if identity is None:
         return None
-    raw_protocol = raw.get("protocol")
-    if raw_protocol is None:
-        protocol: Protocol | None = Protocol.TCP
-    else:
-        protocol = _PROTOCOLS.get(raw_protocol) if type(raw_protocol) is str else None
-    if protocol is None:
-        problems.ignore(f"{path}.protocol", f"unsupported protocol {describe(raw_protocol)}")
-        return None
+    name, protocol = identity
     raw_port = raw.get("port")
     port = port_number(raw_port)
     if port is None:

@@ -15,15 +15,14 @@ from pathlib import Path
 import pytest
 
 from kproxy import __version__
-from kproxy.cli import (
-    LAZY_COMMANDS,
+from kproxy.cli import LAZY_COMMANDS, main
+from kproxy.config import LoggingFormat, ProxyConfig, ProxyMode
+from kproxy.logsetup import (
     JsonLogFormatter,
     KlogTextFormatter,
     configure_logging,
-    main,
     verbosity_level,
 )
-from kproxy.config import LoggingFormat, ProxyConfig, ProxyMode
 
 DEVAPI_MODULE = LAZY_COMMANDS["devapi"][0]
 
