@@ -17,8 +17,9 @@ system-deps:
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(VENV)/bin/pip install -q --upgrade pip >/dev/null
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	@$(VENV)/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+	@echo "installing kproxy and its development extras into $(VENV)"
+	@$(VENV)/bin/pip install -q -e '.[dev]' > $(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
 	@touch $(STAMP)
 
 venv: $(STAMP)
