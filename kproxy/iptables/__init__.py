@@ -1,0 +1,1 @@
+"""iptables mode: plan (pure) -> restore text -> backend (iptables-restore or libiptc)."""
