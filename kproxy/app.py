@@ -6,12 +6,16 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 
 from kproxy.clock import Clock, SystemClock
-from kproxy.config import ProxyConfig
+from kproxy.config import ProxyConfig, ProxyMode
+from kproxy.conntrack import ConntrackCleaner
 from kproxy.gctuning import configure_gc, freeze_long_lived
+from kproxy.healthcheck import ServiceHealthServer
+from kproxy.iptables.backend import BackendError, open_backend
 from kproxy.kube.transport import KubeTransport
-from kproxy.objectfile import ObjectFileError, load_object_file
+from kproxy.objectfile import ClusterObjects, ObjectFileError, load_object_file
 from kproxy.proxier import Proxier, SnapshotLogger
 from kproxy.rejections import RejectionLog
 from kproxy.runner import SyncRunner
@@ -21,8 +25,27 @@ from kproxy.state import StateTracker
 log = logging.getLogger(__name__)
 
 
-def make_proxier(config: ProxyConfig) -> Proxier:
-    # The forwarding modes plug in here; until then every mode logs what it would program.
+def make_proxier(
+    config: ProxyConfig, clock: Clock, request_sync: Callable[[], None]
+) -> Proxier:
+    """The forwarding mode's proxier; raises BackendError where it cannot run here."""
+    if config.proxy_mode is ProxyMode.IPTABLES:
+        from kproxy.iptables.proxier import IptablesProxier
+
+        backend = open_backend(config.iptables_backend)
+        # A one-shot run programs rules and leaves: no servers, no background cleanup.
+        long_running = not config.once
+        return IptablesProxier(
+            config,
+            backend,
+            clock=clock,
+            conntrack=ConntrackCleaner(families=backend.families(),
+                                       clear_services_without_endpoints=True)
+            if long_running else None,
+            health=ServiceHealthServer() if long_running else None,
+            request_sync=request_sync,
+        )
+    # userspace mode arrives with its own proxier; until then it logs what it would program.
     return SnapshotLogger()
 
 
@@ -72,23 +95,30 @@ class ProxyService:
 async def run_proxy(config: ProxyConfig) -> int:
     configure_gc()
     clock = SystemClock()
-    service = ProxyService(config, make_proxier(config), clock)
+    objects: ClusterObjects | None = None
+    if config.from_file:
+        # A bad file fails before anything touches the kernel.
+        try:
+            objects = load_object_file(config.from_file)
+        except ObjectFileError as error:
+            log.error("%s", error)
+            return 1
+    service = ProxyService(config, SnapshotLogger(), clock)
     try:
-        if config.from_file:
-            return await _run_from_file(service)
+        service.proxier = make_proxier(config, clock, service.runner.request)
+    except (BackendError, ValueError) as error:
+        log.error("cannot start %s mode: %s", config.proxy_mode.value, error)
+        return 1
+    try:
+        if objects is not None:
+            return await _run_from_objects(service, objects)
         return await _run_from_api(service)
     finally:
         await service.proxier.close()
 
 
-async def _run_from_file(service: ProxyService) -> int:
+async def _run_from_objects(service: ProxyService, objects: ClusterObjects) -> int:
     config = service.config
-    assert config.from_file is not None
-    try:
-        objects = load_object_file(config.from_file)
-    except ObjectFileError as error:
-        log.error("%s", error)
-        return 1
     feed_objects(
         objects,
         service.tracker,
@@ -121,6 +151,10 @@ async def _run_from_api(service: ProxyService) -> int:
         clock=service.clock,
     )
     source_task = asyncio.create_task(source.run())
+    background = [source_task]
+    monitor = getattr(service.proxier, "monitor_canary", None)
+    if monitor is not None and not config.once:
+        background.append(asyncio.create_task(monitor(min(config.sync_period, 60.0))))
     try:
         if config.once:
             await service.ready.wait()
@@ -128,9 +162,10 @@ async def _run_from_api(service: ProxyService) -> int:
         await _until_signalled(service.runner)
         return 0
     finally:
-        source_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await source_task
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await transport.close()
 
 

@@ -40,16 +40,14 @@ _RUN_EPILOG = (
     "Flags follow kube-proxy's syntax: --flag value, --flag=value, booleans as --flag or "
     "--flag=true|false, durations as 30s, 1m0s or 500ms."
 )
-_NOT_YET_AVAILABLE = {
-    "rules": "print the rules kproxy would program, without applying them",
-    "cleanup": "remove every rule kproxy created, then exit",
-}
+# Subcommands that take `kproxy run`'s flags (kube-proxy's, in pflag syntax).
+FLAG_COMMANDS = ("run", "rules", "cleanup")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     command = _selected_command(arguments)
-    if command == "run":
+    if command in FLAG_COMMANDS:
         # pflag syntax for run's flags (see kproxy.config.flags); the rest is plain argparse.
         position = arguments.index(command) + 1
         arguments = arguments[:position] + normalise_argv(arguments[position:])
@@ -86,28 +84,86 @@ def build_parser(*, load: str | None = None) -> argparse.ArgumentParser:
     add_run_flags(run)
     run.set_defaults(handler=run_command, command_parser=run)
 
-    for name in ("rules", "cleanup"):
-        _add_not_yet_available(commands, name)
+    rules = commands.add_parser(
+        "rules",
+        help="print the iptables-restore payload a full sync would write (needs --from-file; "
+        "no root, no kernel)",
+        usage="kproxy rules --from-file FILE [flags]",
+        allow_abbrev=False,
+    )
+    add_run_flags(rules)
+    rules.set_defaults(handler=rules_command, command_parser=rules)
+    cleanup = commands.add_parser(
+        "cleanup",
+        help="remove every rule kproxy installed (either mode) and nothing else, then exit",
+        usage="kproxy cleanup [--iptables-backend MODE] [flags]",
+        allow_abbrev=False,
+    )
+    add_run_flags(cleanup)
+    cleanup.set_defaults(handler=cleanup_command, command_parser=cleanup)
     for name in LAZY_COMMANDS:
         _add_lazy(commands, name, load=load == name)
     return parser
 
 
 def run_command(args: argparse.Namespace) -> int:
-    try:
-        config = config_from_args(args)
-    except ConfigError as error:
-        print(f"kproxy: {error}", file=sys.stderr)
+    config = _configured(args)
+    if config is None:
         return USAGE_ERROR
-    configure_logging(config.logging_format, config.verbosity)
     for notice in config.notices:
         log.log(notice.level, "%s", notice.message)
     if config.cleanup_and_exit:
-        return _not_yet_available("cleanup (--cleanup)")
+        return _cleanup(config)
     if config.init_only:
         log.info("--init-only: kproxy needs no privileged initialisation; exiting")
         return 0
     return _run_proxy(config)
+
+
+def _configured(args: argparse.Namespace) -> ProxyConfig | None:
+    try:
+        config = config_from_args(args)
+    except ConfigError as error:
+        print(f"kproxy: {error}", file=sys.stderr)
+        return None
+    configure_logging(config.logging_format, config.verbosity)
+    return config
+
+
+def rules_command(args: argparse.Namespace) -> int:
+    config = _configured(args)
+    if config is None:
+        return USAGE_ERROR
+    if not config.from_file:
+        return _fail("kproxy rules: --from-file FILE is required")
+    from kproxy.iptables.rulescmd import print_rules
+    from kproxy.objectfile import ObjectFileError
+
+    try:
+        print_rules(config, sys.stdout)
+    except ObjectFileError as error:
+        print(f"kproxy rules: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cleanup_command(args: argparse.Namespace) -> int:
+    config = _configured(args)
+    return USAGE_ERROR if config is None else _cleanup(config)
+
+
+def _cleanup(config: ProxyConfig) -> int:
+    from kproxy.iptables.backend import BackendError, open_backend
+    from kproxy.iptables.cleanup import cleanup
+
+    try:
+        backend = open_backend(config.iptables_backend)
+        report = cleanup(backend, backend.families())
+    except BackendError as error:
+        print(f"kproxy cleanup: {error}", file=sys.stderr)
+        return 1
+    log.info("cleanup: %s", report)
+    return 0
 
 
 def _run_proxy(config: ProxyConfig) -> int:
@@ -141,20 +197,6 @@ def _add_lazy(
         return
     module.add_arguments(command)
     command.set_defaults(handler=lambda args: int(module.run(args)), command_parser=command)
-
-
-def _add_not_yet_available(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str
-) -> None:
-    purpose = _NOT_YET_AVAILABLE[name]
-    command = commands.add_parser(
-        name, help=f"{purpose} (not yet available)", description=f"{purpose.capitalize()}."
-    )
-    command.set_defaults(handler=lambda _args: _not_yet_available(name), takes_any_arguments=True)
-
-
-def _not_yet_available(what: str) -> int:
-    return _fail(f"kproxy {what}: not yet available in this version of kproxy")
 
 
 def _fail(message: str) -> int:

@@ -35,3 +35,60 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             if os.environ.get("KPROXY_REQUIRE_KERNEL_TESTS") == "1":
                 raise pytest.UsageError(f"kernel tests required but cannot run: {reason}")
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+# -- the host's own network namespace must come out of the test session unchanged ----------
+
+_HOST_STATE_COMMANDS = (
+    ("nft", "list", "ruleset"),
+    ("iptables-legacy-save",),
+    ("ip6tables-legacy-save",),
+)
+_HOST_SYSCTLS = (
+    "/proc/sys/net/ipv4/conf/all/route_localnet",
+    "/proc/sys/net/ipv4/ip_forward",
+)
+
+
+def _host_network_state() -> dict[str, str]:
+    """The host namespace's firewall and the sysctls kproxy may set (comparable snapshots)."""
+    state: dict[str, str] = {}
+    for argv in _HOST_STATE_COMMANDS:
+        if shutil.which(argv[0]) is None:
+            continue
+        done = subprocess.run(argv, capture_output=True, text=True)
+        # Drop iptables-save's timestamp comments; everything else must be identical.
+        state[" ".join(argv)] = "\n".join(
+            line for line in done.stdout.splitlines() if not line.startswith("#")
+        )
+    for path in _HOST_SYSCTLS:
+        try:
+            with open(path) as value:
+                state[path] = value.read().strip()
+        except OSError:
+            pass
+    return state
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.geteuid() == 0:
+        session.config.stash[_HOST_STATE_KEY] = _host_network_state()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(_HOST_STATE_KEY, None)
+    if before is None:
+        return
+    after = _host_network_state()
+    changed = sorted(key for key in before.keys() | after.keys()
+                     if before.get(key) != after.get(key))
+    if changed:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = ("the host's own network namespace was changed by the tests "
+                   f"(must never happen): {', '.join(changed)}")
+        if reporter is not None:
+            reporter.write_line(f"ERROR: {message}", red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_HOST_STATE_KEY = pytest.StashKey[dict[str, str]]()

@@ -150,6 +150,11 @@ def node_commands(node: NodeAddressing, others: Iterable[NodeAddressing]) -> lis
     if node.ip6:
         commands.append(_addr(node.ip6, str(FABRIC_NET6), UPLINK))
     commands.append(f"link set {UPLINK} up")
+    # Like any real node, a default route: a service IP must be routable before kproxy's
+    # DNAT rewrites it (locally generated packets are routed before nat OUTPUT runs).
+    commands.append(f"route add default dev {UPLINK}")
+    if node.ip6:
+        commands.append(f"-6 route add default dev {UPLINK}")
     return commands + _pod_routes(others)
 
 

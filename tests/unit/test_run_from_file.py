@@ -1,4 +1,6 @@
-"""``kproxy run --from-file FILE --once``: objects from a file, one sync, a clean exit code."""
+"""Objects from a file (``--from-file``), without touching any kernel: ``kproxy rules`` prints
+what a full sync would write; ``kproxy run --once`` fails cleanly on a bad file before it opens
+a backend. (``run --once`` programming a kernel is tested in network namespaces.)"""
 
 from __future__ import annotations
 
@@ -42,20 +44,23 @@ metadata: {name: ignored}
 """
 
 
-def test_once_from_file_syncs_valid_objects_and_names_the_bad_one(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_rules_prints_the_payload_and_names_the_bad_object(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     objects = tmp_path / "objects.yaml"
     objects.write_text(OBJECTS)
     caplog.set_level(logging.INFO)
-    code = main(["run", "--from-file", str(objects), "--once", "--proxy-mode", "iptables",
-                 "--hostname-override", "node-1"])
-    assert code == 0
-    text = caplog.text
-    assert "1 service ports, 2 endpoints" in text
-    assert "default/web:http/TCP 10.96.0.10 port 80/TCP -> 10.244.1.2:8080" in text
-    assert "Service default/broken: skipped object spec.clusterIP" in text
-    assert "kind 'Deployment'" in text
+    assert main(["rules", "--from-file", str(objects), "--hostname-override", "node-1"]) == 0
+    out = capsys.readouterr().out
+    assert "*nat" in out and "*filter" in out
+    # The ready endpoint is DNATed to; the not-ready one is not.
+    assert "-j DNAT --to-destination 10.244.1.2:8080" in out
+    assert "10.244.2.2:8080" not in out
+    assert '-A KPROXY-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment ' \
+        '"default/web:http cluster IP" -m tcp --dport 80 -j KPROXY-SVC-' in out
+    assert "# IPv6" in out and "ip6tables -t nat -I PREROUTING" in out
+    assert "Service default/broken: skipped object spec.clusterIP" in caplog.text
+    assert "kind 'Deployment'" in caplog.text
 
 
 def test_once_from_missing_file_fails_with_the_path(

@@ -1,0 +1,43 @@
+"""``kproxy rules``: print the iptables-restore payload a full sync would write.
+
+Pure: the objects come from ``--from-file``; nothing is read from or written to the kernel,
+so it needs neither root nor iptables. Both families are printed (a family with nothing to
+program still shows kproxy's fixed chains), each followed by the builtin-chain jump rules a
+sync inserts with ``iptables -I`` (shown as comments: they are not part of the payload).
+"""
+
+from __future__ import annotations
+
+from typing import TextIO
+
+from kproxy.config import ProxyConfig
+from kproxy.iptables.context import plan_context
+from kproxy.iptables.planner import IncrementalPlanner
+from kproxy.iptables.restore import join_payloads, render_full
+from kproxy.model.types import IPFamily
+from kproxy.objectfile import load_object_file
+from kproxy.rejections import RejectionLog
+from kproxy.sources import feed_objects
+from kproxy.state import StateTracker
+
+TOOLS = {IPFamily.IPV4: "iptables", IPFamily.IPV6: "ip6tables"}
+
+
+def print_rules(config: ProxyConfig, out: TextIO) -> None:
+    """Raises ObjectFileError for an unreadable file (the caller reports it)."""
+    if not config.from_file:
+        raise ValueError("kproxy rules needs --from-file")
+    tracker = StateTracker()
+    feed_objects(load_object_file(config.from_file), tracker, RejectionLog(),
+                 node_name=config.hostname, proxy_name=config.service_proxy_name)
+    snapshot = tracker.snapshot()
+    for family in (IPFamily.IPV4, IPFamily.IPV6):
+        planner = IncrementalPlanner(plan_context(config, snapshot.node, family))
+        ruleset = planner.full(snapshot)
+        tool = TOOLS[family]
+        out.write(f"# {family.value}: {tool}-restore --noflush payload "
+                  f"({ruleset.rule_count} rules)\n")
+        out.write(join_payloads(render_full(ruleset)))
+        for jump in planner.jumps:
+            position = "-I" if jump.first else "-A"
+            out.write(f"# {tool} -t {jump.table.value} {position} {jump.chain} {jump.args}\n")
