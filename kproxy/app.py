@@ -33,6 +33,12 @@ def make_proxier(
         from kproxy.iptables.proxier import IptablesProxier
 
         backend = open_backend(config.iptables_backend)
+        if not backend.families():
+            # Otherwise every sync writes nothing, reports success, and --once exits 0.
+            raise BackendError(
+                f"the {backend.name} iptables backend can use no IP family here "
+                "(listing the nat table failed for IPv4 and IPv6)"
+            )
         # A one-shot run programs rules and leaves: no servers, no background cleanup.
         long_running = not config.once
         return IptablesProxier(

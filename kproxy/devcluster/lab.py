@@ -154,7 +154,7 @@ def node_commands(node: NodeAddressing, others: Iterable[NodeAddressing]) -> lis
     # DNAT rewrites it (locally generated packets are routed before nat OUTPUT runs).
     commands.append(f"route add default dev {UPLINK}")
     if node.ip6:
-        commands.append(f"-6 route add default dev {UPLINK}")
+        commands.append(f"route add ::/0 dev {UPLINK}")
     return commands + _pod_routes(others)
 
 
