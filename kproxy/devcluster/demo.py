@@ -199,7 +199,8 @@ class Demo:
             deadline = time.monotonic() + 10
             while True:
                 log_text = log_path.read_text(errors="replace")
-                syncs = [line for line in log_text.splitlines() if "] snapshot " in line]
+                syncs = [line for line in log_text.splitlines()
+                         if "] sync (" in line or "] snapshot " in line]
                 if syncs and "1 service ports, 2 endpoints" in syncs[-1]:
                     break
                 if time.monotonic() > deadline:

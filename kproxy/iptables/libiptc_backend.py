@@ -26,6 +26,7 @@ import errno
 import fcntl
 import gc
 import importlib
+import logging
 import os
 import threading
 import time
@@ -52,6 +53,8 @@ from kproxy.iptables.restore import (
 )
 from kproxy.iptables.ruleset import CHAIN_PREFIX, MAX_CHAIN_NAME, BuiltinJump, Table
 from kproxy.model.types import IPFamily
+
+log = logging.getLogger(__name__)
 
 XTABLES_LIBDIRS = (
     "/usr/lib/x86_64-linux-gnu/xtables",
@@ -230,15 +233,23 @@ class LibiptcBackend:
         return "libiptc"
 
     def families(self) -> tuple[IPFamily, ...]:
+        """IPv4 only where it works at all.
+
+        python-iptables cannot serve both families in one process: libxtables registers an
+        extension only for the family active when its library is first loaded, so after the
+        IPv4 NAT targets are in use, IPv6 cannot find DNAT/MASQUERADE (and re-running the
+        extension's init makes libxtables exit the process). IPv6 is therefore left to the
+        nft and legacy backends; kproxy says so once.
+        """
         if self._families is None:
-            available = []
-            for family in IPFamily:
-                try:
-                    self._table(family, Table.NAT)
-                except Exception:
-                    continue
-                available.append(family)
-            self._families = tuple(available)
+            try:
+                self._table(IPFamily.IPV4, Table.NAT)
+            except Exception:
+                self._families = ()
+            else:
+                self._families = (IPFamily.IPV4,)
+                log.warning("the libiptc backend programs IPv4 only; use --iptables-backend="
+                            "legacy or nft for IPv6 and dual-stack services")
         return self._families
 
     # writing
