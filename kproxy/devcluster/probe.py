@@ -1,7 +1,7 @@
 """A client for lab tests, run inside a namespace; prints one JSON result per attempt.
 
 ``python -m kproxy.devcluster.probe {tcp,udp,http,sctp} HOST PORT [--count N] [--timeout S]
-[--source-port P] [--payload-size N]``
+[--source-ip IP] [--source-port P] [--payload-size N]``
 
 Every attempt uses a new connection (or a new UDP socket), so a load-balanced service spreads
 attempts over its endpoints. A result is either ``{"ok": true, "pod": ..., "client": ...,
@@ -18,6 +18,8 @@ attempts over its endpoints. A result is either ``{"ok": true, "pod": ..., "clie
 
 ``--source-port`` binds the client port (e.g. to test session affinity or conntrack); such
 stream sockets are closed with RST so the next attempt can reuse the port at once.
+``--source-ip`` binds the client address: one of the namespace's own addresses, for a client
+with several (e.g. one inside a firewall's source ranges and one outside them).
 
 :func:`run_probe` is the host-side API: it runs this module in a namespace and parses the
 results into :class:`ProbeResult`.
@@ -103,13 +105,16 @@ class ProbeResult:
 
 def run_probe(ns: NetNamespace, proto: str, host: str, port: int, *, count: int = 1,
               timeout: float = DEFAULT_TIMEOUT, source_port: int | None = None,
-              payload_size: int | None = None) -> list[ProbeResult]:
+              payload_size: int | None = None, source_ip: str | None = None
+              ) -> list[ProbeResult]:
     """Run the probe in ``ns`` and return one result per attempt."""
     if proto not in PROTOCOLS:
         raise ValueError(f"proto must be one of {PROTOCOLS}: {proto!r}")
     args = [proto, host, str(port), "--count", str(count), "--timeout", str(timeout)]
     if source_port is not None:
         args += ["--source-port", str(source_port)]
+    if source_ip is not None:
+        args += ["--source-ip", source_ip]
     if payload_size is not None:
         args += ["--payload-size", str(payload_size)]
     done = ns.run_python(PROBE_MODULE, *args, check=False,
@@ -172,7 +177,7 @@ class Deadline:
 
 
 def _connect(kind: int, proto: int, host: str, port: int, deadline: Deadline,
-             source_port: int | None) -> socket.socket:
+             source_port: int | None, source_ip: str | None = None) -> socket.socket:
     sock = socket.socket(family_of(host), kind, proto)
     try:
         if source_port is not None:
@@ -180,7 +185,9 @@ def _connect(kind: int, proto: int, host: str, port: int, deadline: Deadline,
             if kind == socket.SOCK_STREAM:
                 # RST on close: no TIME_WAIT, so the same 4-tuple works for the next attempt.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.bind(("::" if sock.family == socket.AF_INET6 else "0.0.0.0", source_port))
+        if source_port is not None or source_ip is not None:
+            wildcard = "::" if sock.family == socket.AF_INET6 else "0.0.0.0"
+            sock.bind((source_ip or wildcard, source_port or 0))
         sock.settimeout(deadline.remaining())
         sock.connect((host, port))
     except BaseException:
@@ -211,8 +218,10 @@ def _decode_answer(raw: bytes) -> dict[str, Any]:
 
 
 def attempt_stream(proto: int, host: str, port: int, deadline: Deadline,
-                   source_port: int | None, payload_size: int | None) -> dict[str, Any]:
-    with _connect(socket.SOCK_STREAM, proto, host, port, deadline, source_port) as sock:
+                   source_port: int | None, payload_size: int | None,
+                   source_ip: str | None = None) -> dict[str, Any]:
+    with _connect(socket.SOCK_STREAM, proto, host, port, deadline, source_port,
+                  source_ip) as sock:
         if payload_size != 0:
             sock.settimeout(deadline.remaining())
             sock.sendall(payload(payload_size) + b"\n")
@@ -223,14 +232,14 @@ def attempt_stream(proto: int, host: str, port: int, deadline: Deadline,
 
 
 def attempt_http(host: str, port: int, deadline: Deadline, source_port: int | None,
-                 payload_size: int | None) -> dict[str, Any]:
+                 payload_size: int | None, source_ip: str | None = None) -> dict[str, Any]:
     body = b"" if not payload_size else payload(payload_size)
     method = "POST" if body else "GET"
     authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     request = (f"{method} / HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: kproxy-probe\r\n"
                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
     with _connect(socket.SOCK_STREAM, socket.IPPROTO_TCP, host, port, deadline,
-                  source_port) as sock:
+                  source_port, source_ip) as sock:
         sock.settimeout(deadline.remaining())
         sock.sendall(request)
         raw = _read_until(sock, deadline, lambda _data: False)
@@ -245,27 +254,28 @@ def attempt_http(host: str, port: int, deadline: Deadline, source_port: int | No
 
 
 def attempt_udp(host: str, port: int, deadline: Deadline, source_port: int | None,
-                payload_size: int | None) -> dict[str, Any]:
+                payload_size: int | None, source_ip: str | None = None) -> dict[str, Any]:
     # Connected, so an ICMP port unreachable shows up as ECONNREFUSED on recv.
-    with _connect(socket.SOCK_DGRAM, 0, host, port, deadline, source_port) as sock:
+    with _connect(socket.SOCK_DGRAM, 0, host, port, deadline, source_port, source_ip) as sock:
         sock.send(payload(payload_size))
         sock.settimeout(deadline.remaining())
         return _decode_answer(sock.recv(65536))
 
 
 def attempt(proto: str, host: str, port: int, timeout: float, source_port: int | None,
-            payload_size: int | None) -> dict[str, Any]:
+            payload_size: int | None, source_ip: str | None = None) -> dict[str, Any]:
     """One attempt as a JSON-ready dict (never raises for network errors)."""
     started = time.monotonic()
     deadline = Deadline(timeout)
     try:
         if proto == "udp":
-            fields = attempt_udp(host, port, deadline, source_port, payload_size)
+            fields = attempt_udp(host, port, deadline, source_port, payload_size, source_ip)
         elif proto == "http":
-            fields = attempt_http(host, port, deadline, source_port, payload_size)
+            fields = attempt_http(host, port, deadline, source_port, payload_size, source_ip)
         else:
             ip_proto = socket.IPPROTO_SCTP if proto == "sctp" else socket.IPPROTO_TCP
-            fields = attempt_stream(ip_proto, host, port, deadline, source_port, payload_size)
+            fields = attempt_stream(ip_proto, host, port, deadline, source_port, payload_size,
+                                    source_ip)
         result: dict[str, Any] = {"ok": True, **fields}
     except (OSError, ProbeFailure) as error:
         result = {"ok": False, "error": classify_error(error), "detail": str(error)}
@@ -283,12 +293,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help="seconds per attempt (connect + answer)")
     parser.add_argument("--source-port", type=int, default=None)
+    parser.add_argument("--source-ip", default=None,
+                        help="bind the client to this address (one of this host's)")
     parser.add_argument("--payload-size", type=int, default=None)
     args = parser.parse_args(argv)
-    try:
-        ipaddress.ip_address(args.host)
-    except ValueError:
-        parser.error(f"HOST must be an IP address: {args.host!r}")
+    for label, address in (("HOST", args.host), ("--source-ip", args.source_ip)):
+        if address is None:
+            continue
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            parser.error(f"{label} must be an IP address: {address!r}")
     return args
 
 
@@ -296,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     for _ in range(args.count):
         result = attempt(args.proto, args.host, args.port, args.timeout, args.source_port,
-                         args.payload_size)
+                         args.payload_size, args.source_ip)
         print(json.dumps(result), flush=True)
     return 0
 

@@ -36,8 +36,29 @@ from kproxy.state import Snapshot
 
 log = logging.getLogger(__name__)
 
-ROUTE_LOCALNET = Path("/proc/sys/net/ipv4/conf/all/route_localnet")
-TCP_BE_LIBERAL = Path("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal")
+ROUTE_LOCALNET = "net/ipv4/conf/all/route_localnet"
+TCP_BE_LIBERAL = "net/netfilter/nf_conntrack_tcp_be_liberal"
+
+
+class Sysctls:
+    """The network sysctls of the namespace this process runs in (``/proc/sys``).
+
+    Injected so that tests driving a proxier in-process (with a fake backend, or a backend
+    that runs its commands in another namespace) never read or write their own — the
+    host's — settings.
+    """
+
+    def __init__(self, root: Path = Path("/proc/sys")) -> None:
+        self._root = root
+
+    def read(self, key: str) -> str | None:
+        try:
+            return (self._root / key).read_text().strip()
+        except OSError:
+            return None
+
+    def write(self, key: str, value: str) -> None:
+        (self._root / key).write_text(value)
 KPROXY_TABLES = (Table.NAT, Table.FILTER, Table.MANGLE)
 
 
@@ -79,6 +100,7 @@ class IptablesProxier:
         conntrack: ConntrackCleaner | None = None,
         health: ServiceHealthServer | None = None,
         request_sync: Callable[[], None] | None = None,
+        sysctls: Sysctls | None = None,
     ) -> None:
         self._config = config
         self._backend = backend
@@ -91,7 +113,8 @@ class IptablesProxier:
         self._last_full: float | None = None
         self._conntrack_task: asyncio.Task[CleanupStats] | None = None
         self._random_fully = True
-        self._tcp_be_liberal = _read_flag(TCP_BE_LIBERAL)
+        self._sysctls = sysctls or Sysctls()
+        self._tcp_be_liberal = self._sysctls.read(TCP_BE_LIBERAL) == "1"
         self.record = SyncRecord()
 
     @property
@@ -177,9 +200,13 @@ class IptablesProxier:
     def _ensure_route_localnet(self) -> None:
         # Localhost NodePorts need the kernel to route 127.0.0.0/8 to the DNAT target; the
         # martian-source DROP rule in KPROXY-FIREWALL keeps this from being abused.
-        with contextlib.suppress(OSError):
-            if ROUTE_LOCALNET.read_text().strip() != "1":
-                ROUTE_LOCALNET.write_text("1")
+        if self._sysctls.read(ROUTE_LOCALNET) != "1":
+            try:
+                self._sysctls.write(ROUTE_LOCALNET, "1")
+            except OSError as error:
+                log.warning("cannot set net.ipv4.conf.all.route_localnet=1 for localhost "
+                            "NodePorts: %s", error)
+            else:
                 log.info("set net.ipv4.conf.all.route_localnet=1 for localhost NodePorts")
 
     async def _after_sync(self, snapshot: Snapshot) -> None:
@@ -220,10 +247,3 @@ class IptablesProxier:
                 await self._conntrack_task
         if self._health is not None:
             await self._health.close()
-
-
-def _read_flag(path: Path) -> bool:
-    try:
-        return path.read_text().strip() == "1"
-    except OSError:
-        return False

@@ -5,12 +5,13 @@ chains removed, canary-triggered resync, restart adoption. No root, no kernel.""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from kproxy.clock import FakeClock
 from kproxy.config import ProxyConfig
 from kproxy.iptables.fake import FakeBackend, FakeIptables
 from kproxy.iptables.plan import IncrementalPlanner, plan_context
-from kproxy.iptables.proxier import IptablesProxier
+from kproxy.iptables.proxier import IptablesProxier, Sysctls
 from kproxy.iptables.restore import join_payloads, render_full
 from kproxy.iptables.ruleset import Table
 from kproxy.iptables.staticchains import CANARY
@@ -46,6 +47,19 @@ def web_slice(name: str, *ips: str) -> EndpointSliceInfo:
     )
 
 
+class RecordedSysctls(Sysctls):
+    """Sysctls kept in a dict: a proxier in a unit test must never touch the host's."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    def read(self, key: str) -> str | None:
+        return self.values.get(key)
+
+    def write(self, key: str, value: str) -> None:
+        self.values[key] = value
+
+
 class World:
     """A tracker, a fake kernel and a proxier, stepping through syncs like the runner."""
 
@@ -53,13 +67,18 @@ class World:
         self.clock = FakeClock()
         self.kernel = FakeIptables(families=(V4,))
         self.backend = FakeBackend(self.kernel)
-        self.proxier = IptablesProxier(CONFIG, self.backend, clock=self.clock, families=(V4,))
+        self.sysctls = RecordedSysctls()
+        self.proxier = self.new_proxier()
         self.tracker = StateTracker()
         for index in range(services):
             self.tracker.upsert_service(web_service(f"svc-{index}", f"10.96.0.{index + 10}"))
             self.tracker.upsert_endpoint_slice(web_slice(f"svc-{index}", f"10.244.1.{index + 2}"))
         self.tracker.mark_listed(ResourceKind.SERVICES)
         self.tracker.mark_listed(ResourceKind.ENDPOINT_SLICES)
+
+    def new_proxier(self, **options: Any) -> IptablesProxier:
+        return IptablesProxier(CONFIG, self.backend, clock=self.clock, families=(V4,),
+                               sysctls=self.sysctls, **options)
 
     async def sync(self) -> tuple[bool, bool, int]:
         """(ok, full, lines written to the kernel by this sync)."""
@@ -86,6 +105,8 @@ async def test_first_sync_is_full_and_matches_a_fresh_plan() -> None:
     assert ok and full and written > 0
     assert world.kernel.save(V4, Table.NAT) == world.expected_nat(world.tracker.snapshot())
     assert world.kernel.chain_exists(V4, Table.MANGLE, CANARY)
+    # Localhost NodePorts are on by default: the proxier asked for route_localnet.
+    assert world.sysctls.values == {"net/ipv4/conf/all/route_localnet": "1"}
 
 
 async def test_no_change_sync_writes_nothing() -> None:
@@ -145,7 +166,7 @@ async def test_restart_adopts_existing_rules_atomically() -> None:
     world = World()
     await world.sync()
     # A new proxier (kproxy restarted) over the same kernel, with one service gone meanwhile.
-    world.proxier = IptablesProxier(CONFIG, world.backend, clock=world.clock, families=(V4,))
+    world.proxier = world.new_proxier()
     world.tracker.delete_service(NamespacedName("default", "svc-2"))
     rejected_before = world.kernel.rejected
     ok, full, _ = await world.sync()
@@ -157,8 +178,7 @@ async def test_canary_gone_forces_full_resync() -> None:
     world = World()
     await world.sync()
     requested: list[int] = []
-    proxier = IptablesProxier(CONFIG, world.backend, clock=world.clock, families=(V4,),
-                              request_sync=lambda: requested.append(1))
+    proxier = world.new_proxier(request_sync=lambda: requested.append(1))
     world.proxier = proxier
     await world.sync()
     # Someone flushes kproxy's mangle canary (as `iptables -t mangle -F; -X` would).
