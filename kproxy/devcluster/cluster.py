@@ -17,6 +17,7 @@ from kproxy.devcluster.netns import Popen
 
 API_PORT = 6443
 START_LIMIT = 20.0  # bounds a hang; never a performance expectation
+STOP_GRACE = 15.0
 
 TrackerState = dict[str, Any]
 
@@ -60,8 +61,10 @@ class DevApiProcess:
             time.sleep(0.02)
 
     def stop(self) -> None:
+        """SIGTERM and wait: the server saves its state file on the way out (a SIGKILL after
+        a short grace on a loaded machine would lose the last changes)."""
         if self.proc is not None:
-            self.host.ns.stop(self.proc)
+            self.host.ns.stop(self.proc, grace=STOP_GRACE)
             self.proc = None
 
     def send_signal(self, signum: int) -> None:
