@@ -19,6 +19,7 @@ two families' counts).
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final
 
@@ -45,11 +46,18 @@ def health_check_ports(snapshot: Snapshot) -> dict[NamespacedName, int]:
     return ports
 
 
-def local_ready_endpoint_counts(snapshot: Snapshot,
-                                node_name: str) -> dict[NamespacedName, int]:
-    """Local ready endpoints per service; services with none are left out (they count 0)."""
+def local_ready_endpoint_counts(
+    snapshot: Snapshot, node_name: str, only: Collection[NamespacedName] | None = None
+) -> dict[NamespacedName, int]:
+    """Local ready endpoints per service; services with none are left out (they count 0).
+
+    ``only`` limits the count to those services (the ones with health check ports), so a
+    sync does not walk every endpoint of the cluster for the few that need it.
+    """
     ips: dict[NamespacedName, dict[IPFamily, set[str]]] = {}
     for port_name, endpoints in snapshot.endpoints.items():
+        if only is not None and port_name.service not in only:
+            continue
         for endpoint in endpoints:
             if endpoint.ready and endpoint.node_name == node_name:
                 by_family = ips.setdefault(port_name.service, {})

@@ -211,9 +211,10 @@ class IptablesProxier:
 
     async def _after_sync(self, snapshot: Snapshot) -> None:
         if self._health is not None:
-            await self._health.sync_services(health_check_ports(snapshot))
+            ports = health_check_ports(snapshot)
+            await self._health.sync_services(ports)
             self._health.update_endpoints(
-                local_ready_endpoint_counts(snapshot, self._config.hostname)
+                local_ready_endpoint_counts(snapshot, self._config.hostname, only=ports)
             )
         if self._conntrack is not None and (
             self._conntrack_task is None or self._conntrack_task.done()
