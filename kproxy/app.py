@@ -51,8 +51,9 @@ def make_proxier(
             health=ServiceHealthServer() if long_running else None,
             request_sync=request_sync,
         )
-    # userspace mode arrives with its own proxier; until then it logs what it would program.
-    return SnapshotLogger()
+    # Said plainly rather than running a proxy that forwards nothing.
+    raise ValueError("userspace mode is not available in this version of kproxy; "
+                     "use --proxy-mode=iptables")
 
 
 class ProxyService:
