@@ -8,10 +8,11 @@ runs the probe client in the source namespace and returns a description of every
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kproxy.devcluster.lab import Lab, LabHost
+from kproxy.devcluster.probe import ProbeResult, split_endpoint
 
 REFUSED = "refused"
 TIMEOUT = "timeout"
@@ -32,6 +33,9 @@ class Flow:
     timeout: float = 0.7
     must_spread: bool = False  # every pod in answered_by must answer at least once
     tags: frozenset[str] = field(default_factory=frozenset)
+    source_ip: str | None = None  # bind the probe to this address of the source host
+    server_port: int | None = None  # the endpoint port every answer must have come to
+    sticky: bool = False  # every attempt answered by the same pod
 
 
 def host_named(lab: Lab, name: str) -> LabHost:
@@ -64,21 +68,32 @@ def addresses_of(*names: str) -> Callable[[Lab], frozenset[str]]:
     return addresses
 
 
-def check_flow(lab: Lab, flow: Flow) -> list[str]:
-    source = host_named(lab, flow.source)
+def flow_target(lab: Lab, flow: Flow) -> tuple[str, str]:
+    """The destination address, and a description of the flow for messages."""
     destination = flow.destination(lab) if callable(flow.destination) else flow.destination
-    results = source.probe(flow.proto, destination, flow.port, count=flow.attempts,
-                           timeout=flow.timeout)
-    problems: list[str] = []
-    where = f"{flow.name}: {flow.source} -> {flow.proto} {destination}:{flow.port}"
+    return destination, f"{flow.name}: {flow.source} -> {flow.proto} {destination}:{flow.port}"
+
+
+def probe_flow(lab: Lab, flow: Flow, destination: str) -> list[ProbeResult]:
+    return host_named(lab, flow.source).probe(
+        flow.proto, destination, flow.port, count=flow.attempts, timeout=flow.timeout,
+        source_ip=flow.source_ip)
+
+
+def check_flow(lab: Lab, flow: Flow) -> list[str]:
+    destination, where = flow_target(lab, flow)
+    return judge(flow, probe_flow(lab, flow, destination), lab, where)
+
+
+def judge(flow: Flow, results: Sequence[ProbeResult], lab: Lab, where: str) -> list[str]:
+    """Every way ``results`` differ from what ``flow`` expects."""
     if flow.outcome is not None:
-        for result in results:
-            if result.ok or result.error != flow.outcome:
-                got = f"an answer from {result.pod}" if result.ok else result.error
-                problems.append(f"{where}: expected {flow.outcome}, got {got}")
-        return problems
-    answered: set[str] = set()
+        return [f"{where}: expected {flow.outcome}, got "
+                f"{f'an answer from {result.pod}' if result.ok else result.error}"
+                for result in results if result.ok or result.error != flow.outcome]
+    problems: list[str] = []
     allowed_sources = flow.source_seen(lab) if flow.source_seen is not None else None
+    answered: set[str] = set()
     for result in results:
         if not result.ok:
             problems.append(f"{where}: expected an answer, got {result.error} ({result.detail})")
@@ -90,7 +105,16 @@ def check_flow(lab: Lab, flow: Flow) -> list[str]:
         if allowed_sources is not None and result.client_ip not in allowed_sources:
             problems.append(f"{where}: endpoint saw source {result.client_ip}, expected one of "
                             f"{sorted(allowed_sources)}")
-    if flow.must_spread and not problems and answered != set(flow.answered_by):
+        if flow.server_port is not None and result.server is not None:
+            port = split_endpoint(result.server)[1]
+            if port != flow.server_port:
+                problems.append(f"{where}: reached endpoint port {port}, expected "
+                                f"{flow.server_port}")
+    if problems:
+        return problems
+    if flow.must_spread and answered != set(flow.answered_by):
         problems.append(f"{where}: only {sorted(answered)} answered in {flow.attempts} "
                         f"attempts; expected all of {sorted(flow.answered_by)}")
+    if flow.sticky and len(answered) != 1:
+        problems.append(f"{where}: {sorted(answered)} answered; affinity should keep one")
     return problems

@@ -30,7 +30,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flows import REFUSED, TIMEOUT, Flow, addresses_of, host_named, node_ip
+from flows import (
+    REFUSED,
+    TIMEOUT,
+    Flow,
+    addresses_of,
+    flow_target,
+    judge,
+    node_ip,
+    probe_flow,
+)
 from variants_objects import (
     AFFINITY_SECONDS,
     ALT_PORT,
@@ -62,7 +71,6 @@ from variants_objects import (
 )
 
 from kproxy.devcluster.lab import Lab, Node
-from kproxy.devcluster.probe import ProbeResult, split_endpoint
 from kproxy.iptables.names import hashed_chain_name
 
 pytestmark = pytest.mark.kernel
@@ -306,9 +314,6 @@ class DropRule:
 class Row(Flow):
     """A :class:`Flow` with more to check."""
 
-    source_ip: str | None = None  # bind the probe to this address of the source host
-    server_port: int | None = None  # the endpoint port every answer must have come to
-    sticky: bool = False  # every attempt answered by the same pod
     dropped_by: DropRule | None = None
     marks: tuple[Any, ...] = ()
 
@@ -358,50 +363,11 @@ def rule_packets(programmed: Programmed, rule: DropRule) -> int:
     return total
 
 
-def judge(row: Row, results: Sequence[ProbeResult], lab: Lab, where: str) -> list[str]:
-    """Every way ``results`` differ from what ``row`` expects."""
-    if row.outcome is not None:
-        return [f"{where}: expected {row.outcome}, got "
-                f"{f'an answer from {result.pod}' if result.ok else result.error}"
-                for result in results if result.ok or result.error != row.outcome]
-    problems: list[str] = []
-    allowed_sources = row.source_seen(lab) if row.source_seen is not None else None
-    answered: set[str] = set()
-    for result in results:
-        if not result.ok:
-            problems.append(f"{where}: expected an answer, got {result.error} ({result.detail})")
-            continue
-        answered.add(str(result.pod))
-        if result.pod not in row.answered_by:
-            problems.append(f"{where}: answered by {result.pod}, expected one of "
-                            f"{sorted(row.answered_by)}")
-        if allowed_sources is not None and result.client_ip not in allowed_sources:
-            problems.append(f"{where}: endpoint saw source {result.client_ip}, expected one of "
-                            f"{sorted(allowed_sources)}")
-        if row.server_port is not None and result.server is not None:
-            port = split_endpoint(result.server)[1]
-            if port != row.server_port:
-                problems.append(f"{where}: reached endpoint port {port}, expected "
-                                f"{row.server_port}")
-    if problems:
-        return problems
-    if row.must_spread and answered != set(row.answered_by):
-        problems.append(f"{where}: only {sorted(answered)} answered in {row.attempts} attempts; "
-                        f"expected all of {sorted(row.answered_by)}")
-    if row.sticky and len(answered) != 1:
-        problems.append(f"{where}: {sorted(answered)} answered; affinity should keep one")
-    return problems
-
-
 def check_row(programmed: Programmed, row: Row) -> list[str]:
     lab = programmed.lab
-    destination = row.destination(lab) if callable(row.destination) else row.destination
-    where = f"{row.name}: {row.source} -> {row.proto} {destination}:{row.port}"
+    destination, where = flow_target(lab, row)
     before = rule_packets(programmed, row.dropped_by) if row.dropped_by else 0
-    results = host_named(lab, row.source).probe(
-        row.proto, destination, row.port, count=row.attempts, timeout=row.timeout,
-        source_ip=row.source_ip)
-    problems = judge(row, results, lab, where)
+    problems = judge(row, probe_flow(lab, row, destination), lab, where)
     if row.dropped_by:
         after = rule_packets(programmed, row.dropped_by)
         if after <= before:

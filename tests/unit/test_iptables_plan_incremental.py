@@ -156,6 +156,14 @@ def snapshot(
     )
 
 
+def transition(first: State, second: State) -> tuple[Snapshot, Snapshot]:
+    """Two snapshots, the second carrying the changes the tracker would report."""
+    before = snapshot(*first)
+    after = snapshot(*second)
+    return before, replace(after, changed=frozenset(changed_names(before, after)),
+                           node_changed=before.node != after.node)
+
+
 def changed_names(before: Snapshot, after: Snapshot) -> set[ServicePortName]:
     """What the state tracker would report: ports whose service or endpoints differ."""
     names = set(before.services) | set(after.services)
@@ -273,10 +281,7 @@ def test_partial_after_full_equals_full(
     second: State,
     family: IPFamily,
 ) -> None:
-    before = snapshot(*first)
-    after = snapshot(*second)
-    after = replace(after, changed=frozenset(changed_names(before, after)),
-                    node_changed=before.node != after.node)
+    before, after = transition(first, second)
     check_transition(before, after, family)
 
 
@@ -288,10 +293,7 @@ def test_partial_with_split_dispatch_trees_behaves_like_full(
     family: IPFamily,
 ) -> None:
     """Tiny leaves force bucket chains; a tree's shape may then depend on its history."""
-    before = snapshot(*first)
-    after = snapshot(*second)
-    after = replace(after, changed=frozenset(changed_names(before, after)),
-                    node_changed=before.node != after.node)
+    before, after = transition(first, second)
     check_transition(before, after, family, leaf_size=2)
 
 
@@ -302,10 +304,7 @@ def test_crossing_the_large_cluster_threshold_replans_everything(
     second: State,
     family: IPFamily,
 ) -> None:
-    before = snapshot(*first)
-    after = snapshot(*second)
-    after = replace(after, changed=frozenset(changed_names(before, after)),
-                    node_changed=before.node != after.node)
+    before, after = transition(first, second)
     with mock.patch.object(planner_module, "LARGE_CLUSTER_ENDPOINTS", 4):
         check_transition(before, after, family)
 
