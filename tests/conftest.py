@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from functools import cache
 
 import pytest
@@ -71,6 +72,12 @@ def _host_network_state() -> dict[str, str]:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
+    # Every table the tests write belongs to a namespace of their own, so the machine-wide
+    # xtables lock (/run/xtables.lock) only makes unrelated runs wait for each other; each
+    # session, and every iptables tool and kproxy process it starts, takes a private one.
+    if "XTABLES_LOCKFILE" not in os.environ:
+        lock_dir = tempfile.mkdtemp(prefix="kproxy-tests-")
+        os.environ["XTABLES_LOCKFILE"] = os.path.join(lock_dir, "xtables.lock")
     if os.geteuid() == 0:
         session.config.stash[_HOST_STATE_KEY] = _host_network_state()
 
