@@ -84,6 +84,12 @@ class StateTracker:
         self._node_changed_at: int | None = None
         self._generation = 0
         self._cached_snapshot: Snapshot | None = None
+        # For kube-proxy's change metrics: every Service / EndpointSlice event seen, and the
+        # services with real, not yet synced changes of each kind (name -> generation).
+        self.service_changes_total = 0
+        self.endpoint_changes_total = 0
+        self._pending_service_changes: dict[NamespacedName, int] = {}
+        self._pending_endpoint_changes: dict[NamespacedName, int] = {}
 
     # -- readiness ---------------------------------------------------------------------------
 
@@ -104,6 +110,7 @@ class StateTracker:
     # -- services ------------------------------------------------------------------------------
 
     def upsert_service(self, service: ServiceInfo) -> None:
+        self.service_changes_total += 1
         new_ports = {port.name: port for port in service.ports}
         old_ports = self._service_ports.get(service.key, {})
         changed = _changed_keys(old_ports, new_ports)
@@ -116,7 +123,8 @@ class StateTracker:
                 self._services_flat[port_name] = new_ports[port_name]
             else:
                 self._services_flat.pop(port_name, None)
-        self._mark_changed(changed)
+        if self._mark_changed(changed):
+            self._pending_service_changes[service.key] = self._generation
 
     def delete_service(self, key: NamespacedName) -> None:
         self.upsert_service(ServiceInfo(key.namespace, key.name, ()))
@@ -124,17 +132,22 @@ class StateTracker:
     # -- endpoint slices -----------------------------------------------------------------------
 
     def upsert_endpoint_slice(self, endpoint_slice: EndpointSliceInfo) -> None:
+        self.endpoint_changes_total += 1
         slice_key = (endpoint_slice.namespace, endpoint_slice.name)
         previous_owner = self._slice_owner.get(slice_key)
         if previous_owner is not None and previous_owner != endpoint_slice.service:
             # The slice was relabelled to another service: it leaves the old one first.
-            self.delete_endpoint_slice(endpoint_slice.namespace, endpoint_slice.name)
+            self._remove_endpoint_slice(endpoint_slice.namespace, endpoint_slice.name)
         self._slice_owner[slice_key] = endpoint_slice.service
         slices = self._slices.setdefault(endpoint_slice.service, {})
         slices[endpoint_slice.name] = endpoint_slice
         self._remerge(endpoint_slice.service, endpoint_slice.last_change_trigger_time)
 
     def delete_endpoint_slice(self, namespace: str, slice_name: str) -> None:
+        self.endpoint_changes_total += 1
+        self._remove_endpoint_slice(namespace, slice_name)
+
+    def _remove_endpoint_slice(self, namespace: str, slice_name: str) -> None:
         service = self._slice_owner.pop((namespace, slice_name), None)
         if service is None:
             return
@@ -163,7 +176,8 @@ class StateTracker:
                 known = self._trigger_times.get(port_name)
                 if known is None or trigger_time < known:
                     self._trigger_times[port_name] = trigger_time
-        self._mark_changed(changed)
+        if self._mark_changed(changed):
+            self._pending_endpoint_changes[service] = self._generation
 
     # -- node ------------------------------------------------------------------------------------
 
@@ -205,11 +219,29 @@ class StateTracker:
                 self._trigger_times.pop(port_name, None)
         if self._node_changed_at is not None and self._node_changed_at <= snapshot.generation:
             self._node_changed_at = None
+        for pending in (self._pending_service_changes, self._pending_endpoint_changes):
+            for service, generation in list(pending.items()):
+                if generation <= snapshot.generation:
+                    del pending[service]
         self._cached_snapshot = None
 
     @property
     def pending_changes(self) -> int:
         return len(self._pending)
+
+    @property
+    def pending_service_changes(self) -> int:
+        """Services whose own spec changed since the last successful sync."""
+        return len(self._pending_service_changes)
+
+    @property
+    def pending_endpoint_changes(self) -> int:
+        """Services whose endpoints changed since the last successful sync."""
+        return len(self._pending_endpoint_changes)
+
+    @property
+    def node(self) -> NodeInfo | None:
+        return self._node
 
     @property
     def service_count(self) -> int:
@@ -221,15 +253,17 @@ class StateTracker:
 
     # -- internals -------------------------------------------------------------------------------
 
-    def _mark_changed(self, changed: Iterable[ServicePortName]) -> None:
+    def _mark_changed(self, changed: Iterable[ServicePortName]) -> bool:
+        """Record real changes; True when there were any."""
         changed = list(changed)
         if not changed:
-            return
+            return False
         self._generation += 1
         for port_name in changed:
             self._pending[port_name] = self._generation
         self._cached_snapshot = None
         self._notify()
+        return True
 
     def _notify(self) -> None:
         if self._on_change is not None:
