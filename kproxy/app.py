@@ -6,15 +6,19 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 
 from kproxy.clock import Clock, SystemClock
 from kproxy.config import ProxyConfig, ProxyMode
 from kproxy.conntrack import ConntrackCleaner
 from kproxy.gctuning import configure_gc, freeze_long_lived
 from kproxy.healthcheck import ServiceHealthServer
+from kproxy.healthz import HealthServer, ProxierHealth
+from kproxy.httpserve import ListeningApp
 from kproxy.iptables.backend import BackendError, open_backend
 from kproxy.kube.transport import KubeTransport
+from kproxy.metrics import MetricsServer, ProxyMetrics
 from kproxy.objectfile import ClusterObjects, ObjectFileError, load_object_file
 from kproxy.proxier import Proxier, SnapshotLogger
 from kproxy.rejections import RejectionLog
@@ -23,6 +27,9 @@ from kproxy.sources import ApiSource, feed_objects
 from kproxy.state import StateTracker
 
 log = logging.getLogger(__name__)
+
+# kube-proxy retries a health or metrics server that cannot bind this often.
+SERVER_RETRY_SECONDS = 5.0
 
 
 def make_proxier(
@@ -71,15 +78,27 @@ class ProxyService:
             max_interval=config.sync_period,
         )
         self.tracker = StateTracker(on_change=self._on_change)
+        # kube-proxy: unhealthy once a queued change waits 2 x the sync period.
+        self.health = ProxierHealth(clock, timeout=2 * config.sync_period)
+        self.metrics = ProxyMetrics(
+            mode=config.proxy_mode.value,
+            node_name=config.hostname,
+            tracker=self.tracker,
+            rejections=self.rejections,
+            health=self.health,
+            proxier=lambda: self.proxier,
+        )
         self._frozen_after_first_sync = False
         self.ready = asyncio.Event()
         self.last_sync_ok: bool | None = None
 
     def _on_change(self) -> None:
+        self.health.sync_node(self.tracker.node)
         # Before both first lists are in, changes only accumulate: the first sync must see
         # the complete state, and must not be held back by a premature one's min interval.
         if self.tracker.ready:
             self.ready.set()
+            self.health.queued_update()
             self.runner.request()
 
     async def _sync(self) -> bool:
@@ -87,9 +106,12 @@ class ProxyService:
             # A partial view would delete live services: wait for both first lists.
             return True
         snapshot = self.tracker.snapshot()
+        started = time.perf_counter()
         result = await self.proxier.sync(snapshot)
+        self.metrics.observe_sync(snapshot, result, time.perf_counter() - started)
         self.last_sync_ok = result.ok
         if result.ok:
+            self.health.updated()
             self.tracker.sync_succeeded(snapshot)
             if not self._frozen_after_first_sync:
                 self._frozen_after_first_sync = True
@@ -116,12 +138,50 @@ async def run_proxy(config: ProxyConfig) -> int:
     except (BackendError, ValueError) as error:
         log.error("cannot start %s mode: %s", config.proxy_mode.value, error)
         return 1
+    # A one-shot run programs rules and leaves: no servers.
+    servers = () if config.once else _servers(service)
+    serving = [asyncio.create_task(_serve(server)) for server in servers]
     try:
         if objects is not None:
             return await _run_from_objects(service, objects)
         return await _run_from_api(service)
     finally:
+        # The source and the runner have stopped: the mode releases what it holds
+        # (iptables: nothing, its rules stay; userspace: drains), then the servers go.
         await service.proxier.close()
+        for task in serving:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for server in servers:
+            await server.close()
+
+
+def _servers(service: ProxyService) -> Sequence[ListeningApp]:
+    config = service.config
+    servers: list[ListeningApp] = []
+    if config.healthz_bind_address:
+        servers.append(HealthServer(service.health, config.healthz_bind_address))
+    if config.metrics_bind_address:
+        servers.append(MetricsServer(service.metrics, config.metrics_bind_address))
+    return servers
+
+
+async def _serve(server: ListeningApp) -> None:
+    """Start ``server``; while its address cannot be bound, log it once and retry."""
+    reported = False
+    while True:
+        try:
+            await server.start()
+        except OSError as error:
+            if not reported:
+                log.error("cannot serve on %s (retrying every %.0fs): %s",
+                          server.address, SERVER_RETRY_SECONDS, error)
+                reported = True
+            await asyncio.sleep(SERVER_RETRY_SECONDS)
+            continue
+        log.log(logging.INFO - 1, "serving %s on %s", type(server).__name__, server.address)
+        return
 
 
 async def _run_from_objects(service: ProxyService, objects: ClusterObjects) -> int:
@@ -137,7 +197,7 @@ async def _run_from_objects(service: ProxyService, objects: ClusterObjects) -> i
     if config.once:
         return 0 if ok else 1
     # Without --once the file is a static source: keep the rules and resync periodically.
-    await _until_signalled(service.runner)
+    await _until_signalled(service.runner, stop_source=None)
     return 0
 
 
@@ -162,26 +222,48 @@ async def _run_from_api(service: ProxyService) -> int:
     monitor = getattr(service.proxier, "monitor_canary", None)
     if monitor is not None and not config.once:
         background.append(asyncio.create_task(monitor(min(config.sync_period, 60.0))))
-    try:
-        if config.once:
-            await service.ready.wait()
-            return 0 if await service._sync() else 1
-        await _until_signalled(service.runner)
-        return 0
-    finally:
+
+    async def stop_source() -> None:
         for task in background:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    try:
+        if config.once:
+            await service.ready.wait()
+            return 0 if await service._sync() else 1
+        await _until_signalled(service.runner, stop_source=stop_source)
+        return 0
+    finally:
+        await stop_source()
         await transport.close()
 
 
-async def _until_signalled(runner: SyncRunner) -> None:
+async def _until_signalled(
+    runner: SyncRunner, *, stop_source: Callable[[], Awaitable[None]] | None
+) -> None:
+    """Run syncs until SIGTERM or SIGINT; then stop the source first (no new changes), and
+    the runner once its current sync, if any, has finished."""
     loop = asyncio.get_running_loop()
+    signalled = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, runner.stop)
+        loop.add_signal_handler(signum, signalled.set)
+    syncing = asyncio.create_task(runner.run_forever())
+    waiting = asyncio.create_task(signalled.wait())
     try:
-        await runner.run_forever()
+        await asyncio.wait({syncing, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        if signalled.is_set():
+            log.info("signalled: stopping")
+        if stop_source is not None:
+            await stop_source()
+        runner.stop()
+        await syncing
     finally:
+        for task in (syncing, waiting):
+            if not task.done():
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
