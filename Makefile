@@ -5,7 +5,19 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYSTEM_TOOLS := iptables iptables-restore conntrack ip
 
-.PHONY: test demo lint bench system-deps venv clean
+.PHONY: test demo lint bench system-deps venv clean image kind-up kind-load deploy kind-smoke
+
+# --- running in a cluster (needs Docker, kind and kubectl; not used by the tests) ----------
+IMAGE ?= kproxy:0.1.0
+KIND_CLUSTER ?= kind
+# deploy/ (kproxy instead of kube-proxy) or deploy/beside-kube-proxy/ (kproxy beside it).
+VARIANT ?= deploy
+KIND_CONFIG ?= $(VARIANT)/kind-config.yaml
+# The API server as the nodes reach it directly (never through a Service ClusterIP).
+CONTROL_PLANE_ENDPOINT ?= https://$(KIND_CLUSTER)-control-plane:6443
+DAEMONSET ?= $(if $(findstring beside,$(VARIANT)),kproxy-beside-kube-proxy,kproxy)
+# Beside kube-proxy, the smoke Service is labelled for kproxy.
+SMOKE_PROXY ?= $(if $(findstring beside,$(VARIANT)),kproxy,)
 
 # Install the Debian packages the kernel tests and the demo need, only when one is missing.
 system-deps:
@@ -40,3 +52,34 @@ bench: system-deps $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# Build the image (Docker).
+image:
+	docker build -t $(IMAGE) -f deploy/Dockerfile .
+
+# A kind cluster; without kube-proxy unless VARIANT=deploy/beside-kube-proxy.
+kind-up:
+	kind create cluster --name $(KIND_CLUSTER) --config $(KIND_CONFIG)
+
+# Make the image available on the kind nodes without a registry.
+kind-load:
+	kind load docker-image $(IMAGE) --name $(KIND_CLUSTER)
+
+# RBAC, ConfigMap (server set to CONTROL_PLANE_ENDPOINT) and DaemonSet; waits for the rollout.
+deploy:
+	kubectl apply -f deploy/rbac.yaml
+	sed 's|server: https://kind-control-plane:6443|server: $(CONTROL_PLANE_ENDPOINT)|' \
+	  $(VARIANT)/configmap.yaml | kubectl apply -f -
+	sed 's|image: kproxy:0.1.0|image: $(IMAGE)|' $(VARIANT)/daemonset.yaml | kubectl apply -f -
+	kubectl -n kube-system rollout status daemonset $(DAEMONSET) --timeout=180s
+
+# Two web pods behind a ClusterIP; a client pod must get an answer through it.
+kind-smoke:
+	kubectl apply -f deploy/smoke.yaml
+	@if [ -n "$(SMOKE_PROXY)" ]; then kubectl label --overwrite service smoke-web \
+	  service.kubernetes.io/service-proxy-name=$(SMOKE_PROXY); fi
+	kubectl rollout status deployment smoke-web --timeout=180s
+	ip=$$(kubectl get service smoke-web -o jsonpath='{.spec.clusterIP}'); \
+	kubectl run smoke-client --rm -i --restart=Never --image=curlimages/curl:8.10.1 \
+	  --command -- curl -sf --max-time 5 --retry 10 --retry-all-errors http://$$ip/hostname \
+	  && echo "kind-smoke passed: ClusterIP $$ip answered"
