@@ -7,14 +7,17 @@ import asyncio
 import logging
 import signal
 
+from kproxy.devcluster.apiserver.access import REFUSALS_PATH, AccessControl
 from kproxy.devcluster.apiserver.errors import ApiError
 from kproxy.devcluster.apiserver.manifests import ManifestError, read_manifests
+from kproxy.devcluster.apiserver.rbac import Policy, RbacError
 from kproxy.devcluster.apiserver.server import DevApiServer
 from kproxy.devcluster.apiserver.store import DEFAULT_SERVICE_CIDRS
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
+DEFAULT_RBAC_USER = "system:serviceaccount:kube-system:kproxy"
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -89,6 +92,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {','.join(DEFAULT_SERVICE_CIDRS)})",
     )
     parser.add_argument(
+        "--rbac",
+        action="append",
+        default=[],
+        metavar="FILE.yaml",
+        help="enforce authentication and the Roles, ClusterRoles and bindings in this file "
+        "(repeatable): TCP requests need a user's bearer token and RBAC's permission (401 / "
+        f"403 otherwise); the Unix socket is the admin's. Refusals: GET {REFUSALS_PATH}",
+    )
+    parser.add_argument(
+        "--user",
+        metavar="NAME",
+        help=f"with --rbac: the user whose token --write-kubeconfig writes "
+        f"(default {DEFAULT_RBAC_USER})",
+    )
+    parser.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="with --rbac: that user's bearer token (default: a random one)",
+    )
+    parser.add_argument(
         "--bookmark-interval",
         type=positive_seconds,
         default=60.0,
@@ -97,11 +120,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def access_control(
+    rbac_files: list[str], user: str | None, token: str | None
+) -> AccessControl | None:
+    """The access rules of ``--rbac``/``--user``/``--token``; None when not enforcing."""
+    if not rbac_files:
+        if user or token:
+            raise ValueError("--user and --token need --rbac")
+        return None
+    documents = [document for path in rbac_files for document in read_manifests(path)]
+    access = AccessControl(Policy.from_documents(documents))
+    access.add_user(user or DEFAULT_RBAC_USER, token)
+    return access
+
+
 async def serve(args: argparse.Namespace) -> int:
+    access = access_control(args.rbac, args.user, args.token)
     server = DevApiServer(
         bookmark_interval=args.bookmark_interval,
         service_cidrs=args.service_cidr,
         state_file=args.state_file,
+        access=access,
     )
     host, port = args.listen
     await server.start(host, port, unix_path=args.listen_unix)
@@ -128,6 +167,9 @@ async def serve(args: argparse.Namespace) -> int:
         log.info("shutting down")
     finally:
         await server.stop()
+        if access is not None:
+            log.info("%d forbidden and %d unauthorized requests",
+                     access.forbidden_count, access.unauthorized_count)
     return 0
 
 
@@ -140,6 +182,6 @@ def _expire(server: DevApiServer) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(serve(args))
-    except (ManifestError, ApiError, OSError, ValueError) as error:
+    except (ManifestError, ApiError, OSError, RbacError, ValueError) as error:
         log.error("devapi: %s", error)
         return 1

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from kproxy.clock import Clock
 from kproxy.devcluster.apiserver import discovery, errors, openapi, protobuf
+from kproxy.devcluster.apiserver.access import REFUSALS_PATH, AccessControl
 from kproxy.devcluster.apiserver.errors import ApiError
 from kproxy.devcluster.apiserver.history import EventType, event_line
 from kproxy.devcluster.apiserver.kinds.base import KindRules
@@ -103,6 +104,11 @@ def _list_metadata(page: ListPage) -> JsonObject:
     return metadata
 
 
+def _over_unix_socket(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is not None and isinstance(transport.get_extra_info("sockname"), str)
+
+
 class ApiHandlers:
     """The request handlers of one server, bound to its store and its open watches."""
 
@@ -113,8 +119,10 @@ class ApiHandlers:
         clock: Clock,
         bookmark_interval: float,
         watch_queue_size: int,
+        access: AccessControl | None = None,
     ) -> None:
         self.store = store
+        self.access = access
         self.clock = clock
         self.bookmark_interval = bookmark_interval
         self.watch_queue_size = watch_queue_size
@@ -162,6 +170,19 @@ class ApiHandlers:
     async def dispatch(self, request: web.Request) -> web.StreamResponse:
         try:
             route = parse_resource_path(request.path)
+            if self.access is not None:
+                denial = self.access.check(
+                    method=request.method,
+                    path=request.path,
+                    route=route,
+                    watch=bool(route is not None and flag(request, "watch")),
+                    authorization=request.headers.get("Authorization"),
+                    local_socket=_over_unix_socket(request),
+                )
+                if denial is not None:
+                    raise denial
+                if request.path.rstrip("/") == REFUSALS_PATH:
+                    return json_response(encode(self.access.report()))
             if route is None:
                 return self._non_resource(request)
             return await self._resource(request, route)

@@ -1,4 +1,4 @@
-"""A kubeconfig for the dev API server: plain HTTP, no credentials."""
+"""A kubeconfig for the dev API server: plain HTTP; a bearer token when access is enforced."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ import yaml
 CONTEXT_NAME = "kproxy-devapi"
 
 
-def kubeconfig_document(server_url: str, namespace: str = "default") -> dict[str, object]:
+def kubeconfig_document(
+    server_url: str, namespace: str = "default", token: str | None = None
+) -> dict[str, object]:
+    user: dict[str, str] = {"token": token} if token else {}
     return {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": CONTEXT_NAME, "cluster": {"server": server_url}}],
-        "users": [{"name": CONTEXT_NAME, "user": {}}],
+        "users": [{"name": CONTEXT_NAME, "user": user}],
         "contexts": [
             {
                 "name": CONTEXT_NAME,
@@ -27,8 +30,11 @@ def kubeconfig_document(server_url: str, namespace: str = "default") -> dict[str
     }
 
 
-def write_kubeconfig(path: str | os.PathLike[str], server_url: str) -> Path:
+def write_kubeconfig(
+    path: str | os.PathLike[str], server_url: str, token: str | None = None
+) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(yaml.safe_dump(kubeconfig_document(server_url), sort_keys=False))
+    document = kubeconfig_document(server_url, token=token)
+    target.write_text(yaml.safe_dump(document, sort_keys=False))
     return target

@@ -28,6 +28,7 @@ from aiohttp import web
 
 from kproxy.clock import Clock, SystemClock
 from kproxy.devcluster.apiserver import persistence
+from kproxy.devcluster.apiserver.access import AccessControl
 from kproxy.devcluster.apiserver.http import ApiHandlers
 from kproxy.devcluster.apiserver.kubeconfig import write_kubeconfig
 from kproxy.devcluster.apiserver.manifests import flatten
@@ -55,8 +56,11 @@ class DevApiServer:
         state_file: str | os.PathLike[str] | None = None,
         state_save_interval: float = DEFAULT_STATE_SAVE_INTERVAL,
         clock: Clock | None = None,
+        access: AccessControl | None = None,
     ) -> None:
-        """``history_size`` sizes a new store's history (default
+        """``access``: enforce authentication and RBAC (see
+        :mod:`kproxy.devcluster.apiserver.access`); None serves everyone.
+        ``history_size`` sizes a new store's history (default
         ``DEFAULT_HISTORY_SIZE``), or resizes a given store's; ``service_cidrs`` only
         applies to a new store."""
         if bookmark_interval <= 0:
@@ -76,7 +80,9 @@ class DevApiServer:
             clock=self._clock,
             bookmark_interval=bookmark_interval,
             watch_queue_size=watch_queue_size,
+            access=access,
         )
+        self.access = access
         self._state_file = Path(state_file) if state_file is not None else None
         self._state_save_interval = state_save_interval
         self._saved_version: int | None = None
@@ -186,8 +192,18 @@ class DevApiServer:
         bodies.sort(key=lambda body: body.get("kind") != "Namespace")
         return [self._store.put(body) for body in bodies]
 
-    def write_kubeconfig(self, path: str | os.PathLike[str]) -> Path:
-        return write_kubeconfig(path, self.url)
+    def write_kubeconfig(
+        self, path: str | os.PathLike[str], *, user: str | None = None
+    ) -> Path:
+        """A kubeconfig for this server; with access enforced, carrying ``user``'s token
+        (by default the first user's)."""
+        token = None
+        if self.access is not None:
+            tokens = self.access.tokens
+            token = self.access.token_of(user) if user else next(iter(tokens), None)
+            if user and token is None:
+                raise ValueError(f"no token for user {user!r}")
+        return write_kubeconfig(path, self.url, token)
 
     def compact(self) -> None:
         """Drop the change history: any watch or continue token from an older resourceVersion
