@@ -127,3 +127,49 @@ def test_signal_exits_cleanly_and_keeps_the_rules(
 
 def _chains(save: str) -> list[str]:
     return sorted(line.split()[0] for line in save.splitlines() if line.startswith(":KPROXY"))
+
+
+RBAC = Path(__file__).resolve().parents[2] / "deploy" / "rbac.yaml"
+API = "127.0.0.1:6443"
+
+
+def test_kproxy_run_within_its_role_then_sigterm(namespace: NetNamespace, tmp_path: Path) -> None:
+    """``kproxy run`` against a dev API server enforcing deploy/rbac.yaml as kproxy's
+    ServiceAccount: it programs the service, and the server refused none of its requests."""
+    objects = tmp_path / "objects.yaml"
+    objects.write_text(OBJECTS.replace("  taints: [{key: ToBeDeletedByClusterAutoscaler, "
+                                       'value: "1700000000", effect: NoSchedule}]\n', ""))
+    kubeconfig = tmp_path / "kubeconfig"
+    log_path = tmp_path / "kproxy.log"
+    with log_path.open("wb") as log:
+        api = namespace.popen_python(
+            "kproxy.cli", "devapi", "--listen", API, "--rbac", str(RBAC),
+            "--user", "system:serviceaccount:kube-system:kproxy",
+            "--load", str(objects), "--write-kubeconfig", str(kubeconfig),
+            stdout=subprocess.DEVNULL, stderr=log,
+        )
+        eventually(lambda: [] if kubeconfig.exists() else ["no kubeconfig yet"],
+                   "the dev API server", LIMIT)
+        proc = namespace.popen_python(
+            "kproxy.cli", "run", "--kubeconfig", str(kubeconfig), "--hostname-override",
+            "node1", "--healthz-bind-address", HEALTHZ, "--metrics-bind-address", METRICS,
+            stdout=subprocess.DEVNULL, stderr=log,
+        )
+
+    def synced() -> list[str]:
+        if proc.poll() is not None or api.poll() is not None:
+            return [f"a process exited: {log_path.read_text()}"]
+        status, body = fetch(namespace, f"http://{HEALTHZ}/healthz")
+        if status != 200 or "10.96.0.10/32" not in nat_rules(namespace):
+            return [f"not synced yet: /healthz {status} {body}"]
+        return []
+
+    eventually(synced, "kproxy synced through the API", LIMIT)
+    status, body = fetch(namespace, f"http://{API}/kproxy/refusals")
+    assert status == 200
+    assert json.loads(body) == {"forbidden": 0, "unauthorized": 0, "refusals": []}
+    os.killpg(proc.pid, signal.SIGTERM)
+    assert proc.wait(timeout=LIMIT) == 0, log_path.read_text()
+    namespace.stop(proc)
+    namespace.stop(api)
+    assert "10.96.0.10/32" in nat_rules(namespace)
