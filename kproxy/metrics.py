@@ -39,6 +39,7 @@ from prometheus_client.registry import Collector
 from kproxy.healthz import ProxierHealth
 from kproxy.httpserve import ListeningApp
 from kproxy.iptables.topology import categorize_endpoints
+from kproxy.model.types import ServicePortName
 from kproxy.proxier import SyncResult
 from kproxy.rejections import RejectionLog
 from kproxy.state import Snapshot, StateTracker
@@ -94,23 +95,25 @@ class Buckets:
         return HistogramMetricFamily(name, documentation, buckets=buckets, sum_value=self.total)
 
 
-def no_local_endpoint_counts(snapshot: Snapshot, node_name: str) -> tuple[int, int]:
-    """(internal, external): service ports with a Local policy, endpoints somewhere in the
-    cluster, and none on this node (whose traffic is therefore dropped, as kube-proxy counts)."""
-    internal = external = 0
-    zone = (snapshot.node.zone if snapshot.node else None) or ""
-    for port_name, port in snapshot.services.items():
-        internal_local, external_local = port.internal_policy_local, port.external_policy_local
-        if not (internal_local or external_local):
-            continue
-        categories = categorize_endpoints(
-            snapshot.endpoints_of(port_name),
-            uses_cluster=False, uses_local=True, node_name=node_name, zone=zone,
-        )
-        if categories.has_any and not categories.local:
-            internal += internal_local
-            external += external_local
-    return internal, external
+def no_local_endpoints(snapshot: Snapshot, port_name: ServicePortName,
+                       node_name: str) -> tuple[bool, bool]:
+    """(internal, external): whether the port has a Local policy for that traffic, endpoints
+    somewhere in the cluster and none on this node (its traffic is dropped here), as
+    kube-proxy counts for ``sync_proxy_rules_no_local_endpoints_total``."""
+    port = snapshot.services.get(port_name)
+    if port is None:
+        return False, False
+    internal_local, external_local = port.internal_policy_local, port.external_policy_local
+    if not (internal_local or external_local):
+        return False, False
+    # Local endpoints depend only on this node's name, not on topology.
+    categories = categorize_endpoints(
+        snapshot.endpoints_of(port_name),
+        uses_cluster=False, uses_local=True, node_name=node_name, zone="",
+    )
+    if categories.has_any and not categories.local:
+        return internal_local, external_local
+    return False, False
 
 
 class ProxyMetrics:
@@ -138,6 +141,9 @@ class ProxyMetrics:
         self.partial_sync_durations = Buckets(SYNC_DURATION_BUCKETS)
         self.programming_latency = Buckets(PROGRAMMING_BUCKETS)
         self.no_local_endpoints = (0, 0)
+        # The ports counted there; kept per port so that a sync costs only its changes.
+        self._no_local_ports: dict[ServicePortName, tuple[bool, bool]] = {}
+        self._observed_a_sync = False
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_ProxyCollector(self))
         if process_metrics:
@@ -164,7 +170,21 @@ class ProxyMetrics:
             taken = (max(0.0, wall - t) for t in snapshot.trigger_times.values())
         for latency in taken:
             self.programming_latency.observe(latency)
-        self.no_local_endpoints = no_local_endpoint_counts(snapshot, self._node_name)
+        self._count_no_local_endpoints(snapshot)
+
+    def _count_no_local_endpoints(self, snapshot: Snapshot) -> None:
+        # A snapshot's changes are those since the last successful sync, and only successful
+        # syncs are observed, so after the first every port's change is seen here.
+        names = snapshot.changed if self._observed_a_sync else snapshot.services.keys()
+        self._observed_a_sync = True
+        for port_name in names:
+            flags = no_local_endpoints(snapshot, port_name, self._node_name)
+            if any(flags):
+                self._no_local_ports[port_name] = flags
+            else:
+                self._no_local_ports.pop(port_name, None)
+        counted = self._no_local_ports.values()
+        self.no_local_endpoints = (sum(i for i, _ in counted), sum(e for _, e in counted))
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -204,6 +204,19 @@ def test_services_without_local_endpoints(
     name = "kubeproxy_sync_proxy_rules_no_local_endpoints_total"
     assert value(found, name, traffic_policy="internal") == 1
     assert value(found, name, traffic_policy="external") == 2
+    # Later syncs take only the changed ports into account, and keep the others' counts.
+    tracker.sync_succeeded(tracker.snapshot())
+    tracker.upsert_endpoint_slice(replace(endpoint_slice("both", "node-b"), name="both-2",
+                                          endpoints=(Endpoint("10.244.0.9", 0, node_name=NODE),)))
+    tracker.delete_service(service("ext").key)
+    metrics.observe_sync(tracker.snapshot(), SyncResult(True, False, 4, 5), seconds=0.01)
+    found = samples(metrics)
+    assert value(found, name, traffic_policy="internal") == 0
+    assert value(found, name, traffic_policy="external") == 0
+    tracker.sync_succeeded(tracker.snapshot())
+    tracker.upsert_service(service("ext", external_traffic_policy=local))
+    metrics.observe_sync(tracker.snapshot(), SyncResult(True, False, 5, 5), seconds=0.01)
+    assert value(samples(metrics), name, traffic_policy="external") == 1
 
 
 def test_health_answers_rejections_and_userspace_stats(
