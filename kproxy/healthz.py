@@ -13,7 +13,8 @@ kube-proxy's semantics (pkg/proxy/healthcheck/proxier_health.go, 1.33):
   so load balancers drain the node before it goes.
 * The JSON body has ``lastUpdated`` and ``currentTime`` (and ``nodeEligible`` on /healthz);
   when healthy, ``lastUpdated`` equals ``currentTime``, as kube-proxy reports it for
-  compatibility with older releases. Times are in Go's ``time.Time`` text form, in UTC.
+  compatibility with older releases. Times are in Go's ``time.Time`` text form (with the
+  monotonic ``m=`` reading Go adds), in UTC.
 
 The status logic is pure (:func:`proxier_health`, :func:`healthz_response`,
 :func:`livez_response`); :class:`ProxierHealth` holds the state on an injected clock and
@@ -86,39 +87,46 @@ def node_eligible(node: NodeInfo) -> bool:
     return all(key != TO_BE_DELETED_TAINT for key, _effect in node.taints)
 
 
-def go_time(wall: float | None) -> str:
-    """``2024-06-11 14:23:21.104875 +0000 UTC``: Go's ``time.Time.String()`` in UTC."""
-    if wall is None:
+def go_time(moment: Moment | None, started: float | None = None) -> str:
+    """Go's ``time.Time.String()`` in UTC: ``2024-06-11 14:23:21.104875 +0000 UTC``, and,
+    as for a time read from Go's clock, ``m=+12.500000000`` (seconds on the monotonic clock
+    since ``started``, the process's start) when ``started`` is given."""
+    if moment is None:
         return _GO_ZERO_TIME
-    moment = datetime.datetime.fromtimestamp(wall, tz=datetime.UTC)
-    text = moment.strftime("%Y-%m-%d %H:%M:%S")
-    fraction = f"{moment.microsecond:06d}".rstrip("0")
+    stamp = datetime.datetime.fromtimestamp(moment.wall, tz=datetime.UTC)
+    text = stamp.strftime("%Y-%m-%d %H:%M:%S")
+    fraction = f"{stamp.microsecond:06d}".rstrip("0")
     if fraction:
         text += "." + fraction
-    return text + " +0000 UTC"
+    text += " +0000 UTC"
+    if started is not None:
+        text += f" m={moment.monotonic - started:+.9f}"
+    return text
 
 
 def healthz_response(
-    families: Mapping[str, FamilyHealth], now: Moment, timeout: float, eligible: bool
+    families: Mapping[str, FamilyHealth], now: Moment, timeout: float, eligible: bool,
+    started: float | None = None,
 ) -> HealthResponse:
     healthy, last_updated = proxier_health(families, now, timeout)
     healthy = healthy and eligible
     shown = now if healthy else last_updated
     body = (
-        f'{{"lastUpdated": "{go_time(shown.wall if shown else None)}",'
-        f'"currentTime": "{go_time(now.wall)}", "nodeEligible": {str(eligible).lower()}}}'
+        f'{{"lastUpdated": "{go_time(shown, started)}",'
+        f'"currentTime": "{go_time(now, started)}", "nodeEligible": {str(eligible).lower()}}}'
     )
     return HealthResponse(200 if healthy else 503, body)
 
 
 def livez_response(
-    families: Mapping[str, FamilyHealth], now: Moment, timeout: float
+    families: Mapping[str, FamilyHealth], now: Moment, timeout: float,
+    started: float | None = None,
 ) -> HealthResponse:
     healthy, last_updated = proxier_health(families, now, timeout)
     shown = now if healthy else last_updated
     body = (
-        f'{{"lastUpdated": "{go_time(shown.wall if shown else None)}",'
-        f'"currentTime": "{go_time(now.wall)}"}}'
+        f'{{"lastUpdated": "{go_time(shown, started)}",'
+        f'"currentTime": "{go_time(now, started)}"}}'
     )
     return HealthResponse(200 if healthy else 503, body)
 
@@ -135,6 +143,7 @@ class ProxierHealth:
     ) -> None:
         self._clock = clock
         self.timeout = timeout
+        self._started = clock.monotonic()
         self._families = {family: FamilyHealth() for family in families}
         # Eligible while starting up, until a Node says otherwise (as kube-proxy).
         self._eligible = True
@@ -183,12 +192,14 @@ class ProxierHealth:
         return proxier_health(self._families, self.now(), self.timeout)[0]
 
     def healthz(self) -> HealthResponse:
-        response = healthz_response(self._families, self.now(), self.timeout, self._eligible)
+        response = healthz_response(
+            self._families, self.now(), self.timeout, self._eligible, self._started
+        )
         self.healthz_codes[response.status] += 1
         return response
 
     def livez(self) -> HealthResponse:
-        response = livez_response(self._families, self.now(), self.timeout)
+        response = livez_response(self._families, self.now(), self.timeout, self._started)
         self.livez_codes[response.status] += 1
         return response
 

@@ -89,25 +89,28 @@ def test_bodies_carry_kube_proxys_fields() -> None:
     healthy = json.loads(healthz_response(FRESH, NOW, TIMEOUT, True).body)
     # healthy: lastUpdated is reported as now, for compatibility with older releases
     assert healthy == {
-        "lastUpdated": go_time(NOW.wall),
-        "currentTime": go_time(NOW.wall),
+        "lastUpdated": go_time(NOW),
+        "currentTime": go_time(NOW),
         "nodeEligible": True,
     }
     late = json.loads(healthz_response(LATE, NOW, TIMEOUT, True).body)
-    assert late["lastUpdated"] == go_time(at(200).wall)
+    assert late["lastUpdated"] == go_time(at(200))
     ineligible = json.loads(healthz_response(FRESH, NOW, TIMEOUT, False).body)
     assert ineligible["nodeEligible"] is False
-    assert ineligible["lastUpdated"] == go_time(at(200).wall)
+    assert ineligible["lastUpdated"] == go_time(at(200))
     assert json.loads(livez_response(LATE, NOW, TIMEOUT).body) == {
-        "lastUpdated": go_time(at(200).wall),
-        "currentTime": go_time(NOW.wall),
+        "lastUpdated": go_time(at(200)),
+        "currentTime": go_time(NOW),
     }
 
 
 def test_go_time_format() -> None:
-    assert go_time(1_700_000_000.0) == "2023-11-14 22:13:20 +0000 UTC"
-    assert go_time(1_700_000_000.25) == "2023-11-14 22:13:20.25 +0000 UTC"
-    assert go_time(None) == "0001-01-01 00:00:00 +0000 UTC"
+    assert go_time(Moment(5.0, 1_700_000_000.0)) == "2023-11-14 22:13:20 +0000 UTC"
+    assert go_time(Moment(5.0, 1_700_000_000.25)) == "2023-11-14 22:13:20.25 +0000 UTC"
+    assert go_time(Moment(17.5, 1_700_000_000.0), started=5.0) == (
+        "2023-11-14 22:13:20 +0000 UTC m=+12.500000000"
+    )
+    assert go_time(None, started=5.0) == "0001-01-01 00:00:00 +0000 UTC"
 
 
 async def test_proxier_health_over_time() -> None:

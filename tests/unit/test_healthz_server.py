@@ -45,6 +45,7 @@ async def test_healthz_and_livez_follow_the_state(
     status, body, nosniff = await get(f"{base_url}/healthz")
     assert (status, body["nodeEligible"], nosniff) == (200, True, "nosniff")
     assert body["lastUpdated"] == body["currentTime"]
+    assert str(body["currentTime"]).endswith(" +0000 UTC m=+0.000000000")  # fake clock at start
     health.queued_update()
     await clock.advance(61)
     assert (await get(f"{base_url}/livez"))[0] == 503
