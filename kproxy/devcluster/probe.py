@@ -72,6 +72,7 @@ class ProbeResult:
     client: str | None = None
     server: str | None = None
     status: int | None = None
+    version: str | None = None  # the pod server's --app-version, when it has one
     received_bytes: int | None = None
     elapsed_ms: float = 0.0
 
@@ -85,6 +86,7 @@ class ProbeResult:
             client=fields.get("client"),
             server=fields.get("server"),
             status=fields.get("status"),
+            version=fields.get("version"),
             received_bytes=fields.get("bytes"),
             elapsed_ms=float(fields.get("elapsed_ms", 0.0)),
         )
