@@ -20,6 +20,7 @@ from kproxy.devcluster.cluster import (
 )
 from kproxy.devcluster.lab import NodeAddressing
 from kproxy.devcluster.loadgen import LoadGenerator, LoadReport, parse_answer
+from kproxy.devcluster.nodestate import ChainCounts, chain_counts, listening_ports, portal_rules
 from kproxy.devcluster.workload import (
     TRIGGER_TIME_ANNOTATION,
     ContainerPort,
@@ -180,3 +181,34 @@ def test_load_generator_counts_answers_by_version_and_failures(dev: DevCluster) 
         assert (closed.ok, closed.failures) == (0, {"refused": 10}), closed
     finally:
         web.delete()
+
+
+# --- what kproxy installed, compactly (pure) -------------------------------------------------
+
+SAVE = """*nat
+:PREROUTING ACCEPT [0:0]
+:KPROXY-SERVICES - [0:0]
+:KPROXY-POSTROUTING - [0:0]
+:KPROXY-SVC-HLQUBMHAAR3WA4VE - [0:0]
+:KPROXY-SEP-R5G7KNKN6VHTXJOL - [0:0]
+:KPROXY-SEP-AAAAAAAAAAAAAAAA - [0:0]
+-A PREROUTING -j KPROXY-SERVICES
+-A KPROXY-PORTALS -p tcp -d 10.96.0.10 --dport 80 -j REDIRECT --to-ports 39211
+-A KPROXY-PORTALS-HOST -p tcp -d 10.96.0.10 --dport 80 -j DNAT --to-destination 10.0.0.1:39211
+COMMIT
+"""
+
+
+def test_chains_are_counted_by_kind() -> None:
+    counts = chain_counts(SAVE)
+    assert counts == ChainCounts({"KPROXY-SVC": 1, "KPROXY-SEP": 2}, fixed=2)
+    assert counts.describe() == "2 KPROXY-SEP, 1 KPROXY-SVC + 2 fixed chains"
+    assert chain_counts("").describe() == "no service chains + 0 fixed chains"
+    assert portal_rules(SAVE) == 2
+
+
+def test_listening_ports_of_one_process() -> None:
+    ss = ("tcp   LISTEN 0 128 0.0.0.0:39211 0.0.0.0:* users:((\"python\",pid=42,fd=7))\n"
+          "udp   UNCONN 0 0   0.0.0.0:40001 0.0.0.0:* users:((\"python\",pid=42,fd=8))\n"
+          "tcp   LISTEN 0 128 0.0.0.0:8080  0.0.0.0:* users:((\"python\",pid=420,fd=3))\n")
+    assert listening_ports(ss, [42]) == ["tcp/39211", "udp/40001"]
