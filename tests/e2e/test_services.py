@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from e2e_cluster import Case, E2eCluster
-from flows import REFUSED, Flow, addresses_of, node_ip
+from flows import REFUSED, Flow, addresses_of, host_named, node_ip
 from kproxy_nodes import eventually
 
 from kproxy.devcluster.lab import Lab
@@ -69,10 +69,7 @@ def answered(cluster: E2eCluster, source: str, address: str | Callable[[Lab], st
 
 def failing_problems(cluster: E2eCluster, source: str, address: str, number: int,
                      kinds: tuple[str, ...], proto: str = "tcp") -> list[str]:
-    host = cluster.lab.nodes[int(source[-1]) - 1] if source.startswith("node") else (
-        cluster.lab.outside if source == "outside" else cluster.lab.pod(source))
-    assert host is not None
-    results = host.probe(proto, address, number, count=3, timeout=0.7)
+    results = host_named(cluster.lab, source).probe(proto, address, number, count=3, timeout=0.7)
     return [f"{source} -> {address}:{number}: expected one of {kinds}, got "
             f"{result.pod if result.ok else result.error}"
             for result in results if result.ok or result.error not in kinds]
