@@ -69,7 +69,7 @@ def answered(cluster: E2eCluster, source: str, address: str | Callable[[Lab], st
 
 def failing_problems(cluster: E2eCluster, source: str, address: str, number: int,
                      kinds: tuple[str, ...], proto: str = "tcp") -> list[str]:
-    results = host_named(cluster.lab, source).probe(proto, address, number, count=3, timeout=0.7)
+    results = host_named(cluster.lab, source).probe(proto, address, number, count=3, timeout=0.5)
     return [f"{source} -> {address}:{number}: expected one of {kinds}, got "
             f"{result.pod if result.ok else result.error}"
             for result in results if result.ok or result.error not in kinds]
