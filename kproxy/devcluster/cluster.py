@@ -1,8 +1,10 @@
-"""Processes of the dev cluster: the API server in the control-plane namespace, and a view of
-what kproxy's tracker sees on a node. Shared by the kernel tests and ``kproxy demo``."""
+"""The dev cluster: the lab (VXLAN overlay, control plane, outside client), the API server in
+the control-plane namespace with every node registered, how ``kproxy run`` is started on a
+node, and a view of what kproxy's tracker sees there. Shared by the tests and ``kproxy demo``."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import queue
 import subprocess
@@ -10,12 +12,20 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 from typing import IO, Any
 
-from kproxy.devcluster.lab import LabHost
+from kproxy.devcluster.blockingclient import BlockingApiClient
+from kproxy.devcluster.client import ApiObject
+from kproxy.devcluster.lab import OVERLAY_VXLAN, Lab, LabHost, Node
 from kproxy.devcluster.netns import Popen
 
 API_PORT = 6443
+CLUSTER_CIDR = "10.244.0.0/16"  # every node's pod CIDR is inside it
+ZONE_LABEL = "topology.kubernetes.io/zone"
+PROXY_MODES = ("iptables", "userspace")
+USERSPACE_MODULE = "kproxy.userspace.proxier"
+USERSPACE_MISSING = "userspace mode: not in this build"
 START_LIMIT = 20.0  # bounds a hang; never a performance expectation
 STOP_GRACE = 15.0
 
@@ -115,3 +125,125 @@ class TrackerView:
 
 def endpoints_of(state: TrackerState, port_name: str) -> list[str]:
     return list(state.get("endpoints", {}).get(port_name, []))
+
+
+# --- modes -----------------------------------------------------------------------------------
+
+
+def mode_unavailable(mode: str) -> str | None:
+    """Why ``kproxy run --proxy-mode MODE`` cannot run in this build (None: it can)."""
+    if mode not in PROXY_MODES:
+        raise ValueError(f"proxy mode must be one of {PROXY_MODES}: {mode!r}")
+    if mode == "userspace":
+        try:
+            importlib.import_module(USERSPACE_MODULE)
+        except ImportError:
+            return USERSPACE_MISSING
+    return None
+
+
+def kproxy_run_args(mode: str, kubeconfig: Path, node: LabHost, *,
+                    min_sync_period: str = "1s", sync_period: str = "30s",
+                    verbosity: int = 2) -> list[str]:
+    """``kproxy run`` arguments for ``node`` of the dev cluster in ``mode``."""
+    return [
+        f"--proxy-mode={mode}", f"--kubeconfig={kubeconfig}",
+        f"--hostname-override={node.name}", f"--cluster-cidr={CLUSTER_CIDR}",
+        f"--iptables-min-sync-period={min_sync_period}",
+        f"--iptables-sync-period={sync_period}", f"--v={verbosity}",
+        # The default 127.0.0.1:10249 would do; nothing in the lab reads metrics.
+        "--metrics-bind-address=",
+    ]
+
+
+# --- the cluster -----------------------------------------------------------------------------
+
+
+def zone_of(node: Node) -> str:
+    """Nodes alternate between two zones: zone-a (node1, node3, ...) and zone-b."""
+    return f"zone-{'ab'[(node.index - 1) % 2]}"
+
+
+def node_object(node: Node) -> ApiObject:
+    return {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": node.name, "labels": {
+            ZONE_LABEL: zone_of(node), "kubernetes.io/hostname": node.name}},
+        "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]},
+    }
+
+
+def node_status(node: Node) -> ApiObject:
+    return {"status": {"addresses": [{"type": "InternalIP", "address": node.ip},
+                                     {"type": "Hostname", "address": node.name}]}}
+
+
+class DevCluster:
+    """A lab with ``nodes`` nodes, a control plane running the dev API server (its Node
+    objects registered) and an outside client; ``api`` drives it as a controller would.
+
+    kproxy is not started here: callers run it on the nodes with :func:`kproxy_run_args`.
+    Everything is deleted on exit, also on exceptions and Ctrl-C.
+    """
+
+    def __init__(self, workdir: Path, *, nodes: int = 2, overlay: str = OVERLAY_VXLAN) -> None:
+        self.workdir = workdir
+        self.lab = Lab(nodes=nodes, outside=True, control_plane=True, overlay=overlay)
+        self._devapi: DevApiProcess | None = None
+        self._api: BlockingApiClient | None = None
+
+    def __enter__(self) -> DevCluster:
+        try:
+            self.lab.build()
+            assert self.lab.control_plane is not None
+            self._devapi = DevApiProcess(self.lab.control_plane, self.workdir)
+            self._devapi.start()
+            self._api = BlockingApiClient(unix_path=str(self._devapi.socket))
+            for node in self.lab.nodes:
+                self._api.apply(node_object(node))
+                self._api.merge_patch("v1", "Node", node.name, node_status(node), None,
+                                      status=True)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def devapi(self) -> DevApiProcess:
+        if self._devapi is None:
+            raise RuntimeError("the dev cluster is not running")
+        return self._devapi
+
+    @property
+    def api(self) -> BlockingApiClient:
+        if self._api is None:
+            raise RuntimeError("the dev cluster is not running")
+        return self._api
+
+    @property
+    def nodes(self) -> list[Node]:
+        return self.lab.nodes
+
+    @property
+    def zones(self) -> dict[str, str]:
+        return {node.name: zone_of(node) for node in self.lab.nodes}
+
+    def restart_api_server(self) -> None:
+        """Stop the API server (it saves its state) and start it again from that state."""
+        self.devapi.stop()
+        self.devapi.start()
+
+    def close(self) -> None:
+        try:
+            if self._api is not None:
+                self._api.close()
+                self._api = None
+            if self._devapi is not None:
+                self._devapi.stop()
+                self._devapi = None
+        finally:
+            self.lab.close()

@@ -1,232 +1,252 @@
-"""``kproxy demo``: a 2-node cluster in network namespaces, with objects flowing through kproxy.
+"""``kproxy demo``: a 2-node cluster in network namespaces, a web service through kproxy, and a
+rolling update under load with not one request failing — in one proxy mode, then the other.
 
-It builds the lab (control plane, two nodes with pod bridges, an outside client), starts the
-dev API server and ``kproxy run`` on every node, deploys three web pods behind a Service, and
-narrates with numbers what kproxy on each node sees as the Service changes — scaling, a pod
-turning not-ready, an API server restart and a forced 410 Gone. Every step is checked; the
-exit code is 0 only if all of them worked. Everything is torn down at the end, on failure and
-on Ctrl-C.
+Per mode (``--proxy-mode`` first, default iptables): it builds the dev cluster (two nodes on a
+VXLAN overlay, a control plane running the dev API server, an outside client), starts
+``kproxy run`` on every node, deploys three web pods over both nodes behind a NodePort
+Service (with its ClusterIP), and narrates with numbers: requests from a pod on node1 spread
+over all three pods through the ClusterIP; the NodePort reached from outside through both
+nodes; a rolling update v1 -> v2 under continuous load with the count of failed requests.
+After each step it shows, per node, what kproxy has installed (its chains, or its listeners
+and portal rules). Every step is checked: the exit code is 0 only if all of them worked.
+Everything is torn down at the end, on failure and on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import signal
+import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from kproxy.devcluster.client import DevApiClient
-from kproxy.devcluster.cluster import DevApiProcess, TrackerState, TrackerView, endpoints_of
-from kproxy.devcluster.lab import Lab, Pod
+from kproxy.devcluster.cluster import (
+    PROXY_MODES,
+    DevCluster,
+    kproxy_run_args,
+    mode_unavailable,
+)
+from kproxy.devcluster.lab import VXLAN_DEVICE, VXLAN_ID, VXLAN_PORT, Node, Pod
+from kproxy.devcluster.loadgen import LoadGenerator
+from kproxy.devcluster.netns import Popen
+from kproxy.devcluster.nodestate import node_summary
+from kproxy.devcluster.probe import ProbeResult
+from kproxy.devcluster.workload import HTTP_PORT, Workload
 
-SERVICE_PORT_NAME = "default/web:http/TCP"
-WEB_PORT = 8080
+SERVICE = "web"
+REPLICAS = 3
+SPREAD_REQUESTS = 30
+NODE_PORT_REQUESTS = 10
+LOAD_RATE = 100.0
+LOAD_LIMIT = 40.0  # the load runs until the update is done; this only bounds it
+GRACE = 2.0  # a terminating pod keeps serving this long (kproxy's min sync period is 1 s)
+# Bounds on kproxy starting and following a change; never performance expectations.
+START_LIMIT = 30.0
+CHANGE_LIMIT = 15.0
+POLL = 0.2
+
+
+class DemoFailure(Exception):
+    """A step did not do what it should."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--proxy-mode", choices=("iptables", "userspace"), default="iptables",
-        help="the mode the nodes' kproxy runs in (default iptables)",
+        "--proxy-mode", choices=PROXY_MODES, default="iptables",
+        help="the mode shown first (default iptables); the other one follows",
     )
-
-
-def run(args: argparse.Namespace) -> int:
-    started = time.monotonic()
-    try:
-        with tempfile.TemporaryDirectory(prefix="kproxy-demo-") as workdir:
-            asyncio.run(Demo(Path(workdir), args.proxy_mode).run())
-    except KeyboardInterrupt:
-        print("\ninterrupted: everything was torn down")
-        return 130
-    except (AssertionError, RuntimeError, OSError) as error:
-        print(f"\nFAILED: {error}\neverything was torn down")
-        return 1
-    print(f"\ndemo passed in {time.monotonic() - started:.1f}s; every namespace was deleted")
-    return 0
 
 
 def say(text: str) -> None:
     print(text, flush=True)
 
 
-def service_manifest() -> dict[str, Any]:
-    return {
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": "web", "namespace": "default"},
-        "spec": {"type": "NodePort", "selector": {"app": "web"},
-                 "ports": [{"name": "http", "port": 80, "targetPort": WEB_PORT}]},
-    }
+def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    first: str = args.proxy_mode
+    modes = [first, *(mode for mode in PROXY_MODES if mode != first)]
+    try:
+        with tempfile.TemporaryDirectory(prefix="kproxy-demo-") as workdir:
+            for index, mode in enumerate(modes):
+                say(f"\n=== {mode} mode ===")
+                missing = mode_unavailable(mode)
+                if missing is not None:
+                    if index == 0:
+                        raise DemoFailure(f"{missing} (asked for with --proxy-mode)")
+                    say(missing)
+                    continue
+                workspace = Path(workdir) / mode
+                workspace.mkdir()
+                ModeDemo(workspace, mode).run()
+    except KeyboardInterrupt:
+        print("\ninterrupted: everything was torn down", flush=True)
+        return 130
+    except (DemoFailure, RuntimeError, OSError, TimeoutError) as error:
+        print(f"\nFAILED: {error}\neverything was torn down", flush=True)
+        return 1
+    say(f"\ndemo passed in {time.monotonic() - started:.1f}s; every namespace was deleted")
+    return 0
 
 
-def slice_manifest(pods: list[Pod], not_ready: frozenset[str] = frozenset()) -> dict[str, Any]:
-    return {
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "web-abcde", "namespace": "default",
-                     "labels": {"kubernetes.io/service-name": "web"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": WEB_PORT, "protocol": "TCP"}],
-        "endpoints": [
-            {"addresses": [pod.ip], "nodeName": pod.node.name,
-             "targetRef": {"kind": "Pod", "name": pod.name, "namespace": "default"},
-             "conditions": {"ready": pod.name not in not_ready}}
-            for pod in pods
-        ],
-    }
+def until(check: Callable[[], str | None], what: str, limit: float = CHANGE_LIMIT) -> None:
+    """Poll ``check`` (a problem, or None when fine) until it passes; DemoFailure after
+    ``limit`` seconds with the last problem."""
+    deadline = time.monotonic() + limit
+    while (problem := check()) is not None:
+        if time.monotonic() > deadline:
+            raise DemoFailure(f"{what}: {problem}")
+        time.sleep(POLL)
 
 
-def node_manifest(name: str, pod_cidr: str, ip: str, zone: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}},
-        "spec": {"podCIDR": pod_cidr, "podCIDRs": [pod_cidr]},
-        "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
-    }
+def tally(results: list[ProbeResult]) -> str:
+    counts = Counter(str(result.pod) for result in results if result.ok)
+    return ", ".join(f"{pod} {count}" for pod, count in sorted(counts.items()))
 
 
-class Demo:
-    def __init__(self, workdir: Path, proxy_mode: str) -> None:
+class ModeDemo:
+    """The demo in one proxy mode, on a cluster of its own."""
+
+    def __init__(self, workdir: Path, mode: str) -> None:
         self.workdir = workdir
-        self.proxy_mode = proxy_mode
+        self.mode = mode
+        self.kproxies: dict[str, Popen] = {}
 
-    async def run(self) -> None:
-        with Lab(nodes=2, outside=True, control_plane=True) as lab:
-            assert lab.control_plane is not None and lab.outside is not None
+    def run(self) -> None:
+        with DevCluster(self.workdir) as dev:
+            self.dev = dev
+            assert dev.lab.control_plane is not None and dev.lab.outside is not None
             say("1. the lab: every machine is a network namespace, nothing touches the host")
-            say(f"   control plane {lab.control_plane.ip}   outside client {lab.outside.ip}")
-            for node in lab.nodes:
-                say(f"   {node.name:<8} {node.ip:<13} pods {node.pod_cidr}")
-
-            devapi = DevApiProcess(lab.control_plane, self.workdir)
-            devapi.start()
-            say(f"2. dev API server at {devapi.url} (and {devapi.socket.name} for this driver)")
-            async with DevApiClient(unix_path=str(devapi.socket)) as api:
-                for index, node in enumerate(lab.nodes):
-                    await api.create(node_manifest(node.name, node.pod_cidr, node.ip,
-                                                   f"zone-{'ab'[index % 2]}"))
-                self._start_proxies(lab, devapi)
-                views = [TrackerView(node, devapi.kubeconfig) for node in lab.nodes]
-                await self._deploy(lab, api, views)
-                await self._change(lab, api, views)
-                await self._api_outages(devapi, views)
-                self._check_proxies(lab)
+            say(f"   control plane {dev.lab.control_plane.ip} (dev API server at "
+                f"{dev.devapi.url}), outside client {dev.lab.outside.ip}")
+            for node in dev.nodes:
+                say(f"   {node.name}  {node.ip}  pods {node.pod_cidr}  zone {dev.zones[node.name]}")
+            say(f"   pod networks joined by VXLAN: {VXLAN_DEVICE} on each node, VNI {VXLAN_ID}, "
+                f"UDP {VXLAN_PORT}")
+            self._start_kproxy(dev.nodes)
+            self._show_nodes("with no service yet")
+            web, client, cluster_ip, node_port = self._deploy()
+            self._spread(web, client, cluster_ip)
+            self._node_port(web, node_port)
+            self._rolling_update(web, client, cluster_ip)
 
     # -- steps ------------------------------------------------------------------------------
 
-    def _start_proxies(self, lab: Lab, devapi: DevApiProcess) -> None:
-        """``kproxy run`` in every node namespace (stopped when the namespace goes)."""
-        for node in lab.nodes:
-            with open(self.workdir / f"kproxy-{node.name}.log", "wb") as log_file:
-                node.ns.popen_python(
-                    "kproxy.cli", "run", f"--proxy-mode={self.proxy_mode}",
-                    f"--kubeconfig={devapi.kubeconfig}", f"--hostname-override={node.name}",
-                    "--v=2", "--metrics-bind-address=", stdout=log_file, stderr=log_file,
-                )
-        say(f"3. kproxy run --proxy-mode={self.proxy_mode} started on "
-            f"{', '.join(n.name for n in lab.nodes)}")
+    def _start_kproxy(self, nodes: list[Node]) -> None:
+        for node in nodes:
+            with open(self.workdir / f"kproxy-{node.name}.log", "wb") as log:
+                self.kproxies[node.name] = node.ns.popen_python(
+                    "kproxy.cli", "run", *kproxy_run_args(self.mode, self.dev.devapi.kubeconfig,
+                                                          node),
+                    stdout=subprocess.DEVNULL, stderr=log)
+        for node in nodes:
+            def started(node: Node = node) -> str | None:
+                return self._kproxy_problem(node)
 
-    async def _deploy(self, lab: Lab, api: DevApiClient, views: list[TrackerView]) -> None:
-        pods = [lab.add_pod(lab.nodes[0], "web-1"), lab.add_pod(lab.nodes[0], "web-2"),
-                lab.add_pod(lab.nodes[1], "web-3")]
-        lab.start_servers(pods, tcp=(WEB_PORT,), udp=())
-        client = lab.add_pod(lab.nodes[0], "client")
-        say("4. three web pods, each answering with its name and the client address it saw:")
-        for pod in pods:
-            answer = client.probe("http", pod.ip, WEB_PORT)[0]
-            if not answer.ok or answer.pod != pod.name or answer.client_ip != client.ip:
-                raise AssertionError(f"pod {pod.name} did not answer the client pod: {answer}")
-            say(f"   client {client.ip} -> {pod.ip}:{WEB_PORT}  answered by {answer.pod}, "
-                f"saw {answer.client_ip}")
-        created = await api.create(service_manifest())
-        await api.create(slice_manifest(pods))
-        cluster_ip = created["spec"]["clusterIP"]
-        node_port = created["spec"]["ports"][0]["nodePort"]
-        say(f"5. Service web: ClusterIP {cluster_ip}:80, NodePort {node_port}, 3 endpoints")
-        expected = sorted(f"{pod.ip}:{WEB_PORT}" for pod in pods)
-        self._show(views, lambda s: endpoints_of(s, SERVICE_PORT_NAME) == expected,
-                   "the service with 3 ready endpoints")
-        self.pods = pods
+            until(started, f"kproxy on {node.name}", START_LIMIT)
+        say(f"2. kproxy run --proxy-mode={self.mode} on {', '.join(n.name for n in nodes)}, "
+            "watching the dev API server")
 
-    async def _change(self, lab: Lab, api: DevApiClient, views: list[TrackerView]) -> None:
-        pods = self.pods
-        await api.replace(slice_manifest(pods, not_ready=frozenset({"web-2"})))
-        say("6. web-2 fails its readiness probe (ready=false):")
-        self._show(
-            views,
-            lambda s: f"{pods[1].ip}:{WEB_PORT}(not ready)" in endpoints_of(s, SERVICE_PORT_NAME),
-            "web-2 not ready",
-        )
-        await api.replace(slice_manifest([pods[0], pods[2]]))
-        say("7. scaled down to 2 pods (web-2 removed):")
-        self._show(views, lambda s: len(endpoints_of(s, SERVICE_PORT_NAME)) == 2,
-                   "2 endpoints")
+    def _kproxy_problem(self, node: Node) -> str | None:
+        proc = self.kproxies[node.name]
+        log = (self.workdir / f"kproxy-{node.name}.log").read_text(errors="replace")
+        if proc.poll() is not None:
+            raise DemoFailure(f"kproxy on {node.name} exited ({proc.returncode}):\n"
+                              f"{log[-1500:]}")
+        if "kproxy watching" not in log:
+            return "not watching the API server yet"
+        # iptables mode says when its first ruleset is in; that is the state shown next.
+        if self.mode == "iptables" and "sync (full) took" not in log:
+            return "no first sync yet"
+        return None
 
-    async def _api_outages(self, devapi: DevApiProcess, views: list[TrackerView]) -> None:
-        lists = [v.latest["informers"]["services"]["lists"] for v in views]
-        devapi.stop()
-        devapi.start()
-        async with DevApiClient(unix_path=str(devapi.socket)) as api:
-            await api.create({"apiVersion": "v1", "kind": "Service",
-                              "metadata": {"name": "late", "namespace": "default"},
-                              "spec": {"ports": [{"name": "http", "port": 8081}]}})
-            say("8. API server restarted; a Service created right after it:")
-            self._show(
-                views,
-                lambda s: "default/late:http/TCP" in s["services"]
-                and s["informers"]["services"]["lists"] > 0,
-                "the new service after a relist",
-            )
-            after = [v.latest["informers"]["services"]["lists"] for v in views]
-            say(f"   service relists per node: {lists} -> {after}")
-            devapi.send_signal(signal.SIGUSR1)
-            say("9. forced 410 Gone (every watched resourceVersion expired):")
-            self._show(views, lambda s: s["informers"]["services"]["expired"] >= 1,
-                       "the 410 and a relist")
-            await api.delete("v1", "Service", "late")
-            say("   ... and Service late deleted after the relist:")
-            self._show(views, lambda s: "default/late:http/TCP" not in s["services"],
-                       "the deletion after the relist")
+    def _deploy(self) -> tuple[Workload, Pod, str, int]:
+        service = self.dev.api.create({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": SERVICE, "namespace": "default"},
+            "spec": {"type": "NodePort", "selector": {"app": SERVICE},
+                     "ports": [{"name": "http", "port": 80, "targetPort": HTTP_PORT.port}]},
+        })
+        cluster_ip = str(service["spec"]["clusterIP"])
+        node_port = int(service["spec"]["ports"][0]["nodePort"])
+        web = Workload(self.dev.lab, self.dev.api, SERVICE, zones=self.dev.zones, grace=GRACE)
+        web.deploy(REPLICAS, "v1")
+        client = self.dev.lab.add_pod(1, "client")
+        say(f"3. Service {SERVICE}: ClusterIP {cluster_ip}:80, NodePort {node_port}; "
+            f"{REPLICAS} pods of v1:")
+        for member in web.pods:
+            say(f"   {member.name:<9} on {member.pod.node.name}  {member.pod.ip}:{HTTP_PORT.port}")
+        return web, client, cluster_ip, node_port
 
-    def _check_proxies(self, lab: Lab) -> None:
-        """The kproxy daemons synced the same final state (after their min sync period)."""
-        say("10. kproxy run's own last sync on each node:")
-        for node in lab.nodes:
-            log_path = self.workdir / f"kproxy-{node.name}.log"
-            deadline = time.monotonic() + 10
-            while True:
-                log_text = log_path.read_text(errors="replace")
-                syncs = [line for line in log_text.splitlines()
-                         if "] sync (" in line or "] snapshot " in line]
-                if syncs and "1 service ports, 2 endpoints" in syncs[-1]:
-                    break
-                if time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"kproxy on {node.name} did not sync the final state:\n{log_text[-2000:]}"
-                    )
-                time.sleep(0.1)
-            say(f"   {node.name}: {syncs[-1].split('] ', 1)[1]}")
+    def _spread(self, web: Workload, client: Pod, cluster_ip: str) -> None:
+        pods = web.pod_names()
+        results: list[ProbeResult] = []
+
+        def all_answer() -> str | None:
+            results[:] = client.probe("http", cluster_ip, 80, count=SPREAD_REQUESTS)
+            failed = [result.error for result in results if not result.ok]
+            answered = {result.pod for result in results if result.ok}
+            if failed or answered != pods:
+                return f"{len(failed)} failed, answered by {sorted(map(str, answered))}"
+            return None
+
+        until(all_answer, f"{SPREAD_REQUESTS} requests spread over {sorted(pods)}")
+        sources = {result.client_ip for result in results}
+        say(f"4. {SPREAD_REQUESTS} requests from {client.name} on node1 to {cluster_ip}:80 "
+            f"(new connection each): {tally(results)}; 0 failed")
+        say(f"   the pods saw the client as {', '.join(sorted(map(str, sources)))}")
+        self._show_nodes("with the service")
+
+    def _node_port(self, web: Workload, node_port: int) -> None:
+        outside = self.dev.lab.outside
+        assert outside is not None
+        say(f"5. NodePort {node_port} from the outside client:")
+        for node in self.dev.nodes:
+            results: list[ProbeResult] = []
+
+            def answered(node: Node = node, results: list[ProbeResult] = results) -> str | None:
+                results[:] = outside.probe("http", node.ip, node_port, count=NODE_PORT_REQUESTS)
+                failed = [result.error for result in results if not result.ok]
+                wrong = {result.pod for result in results if result.ok} - web.pod_names()
+                return f"{len(failed)} failed, {sorted(map(str, wrong))}" if failed or wrong \
+                    else None
+
+            until(answered, f"NodePort {node_port} on {node.name}")
+            say(f"   {NODE_PORT_REQUESTS} requests to {node.ip}:{node_port}: {tally(results)}; "
+                "0 failed")
+
+    def _rolling_update(self, web: Workload, client: Pod, cluster_ip: str) -> None:
+        say(f"6. rolling update v1 -> v2 while {client.name} sends {LOAD_RATE:.0f} requests/s "
+            f"to {cluster_ip}:80 (a new pod ready before an old one terminates; "
+            f"{GRACE:g}s grace):")
+        load = LoadGenerator(client, cluster_ip, 80, rate=LOAD_RATE, duration=LOAD_LIMIT)
+        load.wait_started()
+        started = time.monotonic()
+        try:
+            time.sleep(1.0)  # some v1-only traffic first
+            web.roll("v2", on_step=lambda step: say(
+                f"   {time.monotonic() - started:5.1f}s  {step}"))
+            time.sleep(1.0)  # and some v2-only traffic after
+        finally:
+            report = load.stop()
+        say(f"   load: {report.summary()}")
+        if report.failed:
+            raise DemoFailure(f"{report.failed} requests failed during the rolling update: "
+                              f"{report.failures} {report.samples[:3]}")
+        if not report.by_version.get("v2") or set(report.by_version) != {"v1", "v2"}:
+            raise DemoFailure(f"the update did not show in the answers: {report.by_version}")
+        say("   failed requests: 0")
+        self._show_nodes("after the update")
 
     # -- output -----------------------------------------------------------------------------
 
-    @staticmethod
-    def _show(views: list[TrackerView], condition: Callable[[TrackerState], bool],
-              what: str) -> None:
-        """Wait until every node's tracker shows ``what``; print each node's view."""
-        started = time.monotonic()
-        for view in views:
-            state = view.wait_for(condition, what)
-            endpoints = endpoints_of(state, SERVICE_PORT_NAME)
-            service = state["services"].get(SERVICE_PORT_NAME)
-            target = (f"{service['cluster_ips'][0]}:{service['port']}"
-                      if service else "(no service)")
-            say(f"   kproxy on {view.node.name}: {SERVICE_PORT_NAME} {target} -> "
-                f"{', '.join(endpoints) or '(none)'}   "
-                f"[{len(state['services'])} service ports; "
-                f"{(time.monotonic() - started) * 1000:.0f} ms after the change]")
+    def _show_nodes(self, when: str) -> None:
+        say(f"   kproxy's {'chains' if self.mode == 'iptables' else 'listeners'} {when}:")
+        for node in self.dev.nodes:
+            proc = self.kproxies.get(node.name)
+            say(f"     {node.name}: {node_summary(node, self.mode, proc.pid if proc else None)}")
 
 
 if __name__ == "__main__":

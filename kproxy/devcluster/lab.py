@@ -6,8 +6,18 @@ Topology (node ``i`` counts from 1; IPv6 only with ``ipv6=True``)::
                       (out0, cp0)
     node<i>:   eth0 172.18.0.<10+i>/24, fc00:f853:ccd:e793::<10+i>/64 on the fabric
                cbr0 10.244.<i>.1/24, fd00:10:244:<i>::1/64 (the pods' gateway)
-               forwarding on; a route to every other node's pod CIDRs via that node's fabric IP
-               (as a routed CNI sets up); one veth<k> port on cbr0 per pod (hairpin on)
+               forwarding on; one veth<k> port on cbr0 per pod (hairpin on); the other nodes'
+               pod CIDRs reached over the overlay (``overlay="vxlan"``, the default) or by
+               plain routes via their fabric IPs (``overlay="routes"``), see below
+    overlay:   as flannel's vxlan backend: every node has a VXLAN device flannel.1 (VNI 1,
+               UDP 8472, on eth0, no learning) with a fixed MAC 0e:6b:70:00:00:<i>; for each
+               peer a permanent neighbour entry (its pod network address 10.244.<j>.0 and
+               fd00:10:244:<j>:: -> its VTEP MAC), an FDB entry (that MAC -> its fabric IP)
+               and an onlink route of its pod CIDR via that address on flannel.1; pods get
+               the overlay's MTU (1450). Unlike flannel, flannel.1 has no address of its own:
+               what the node itself sends to other nodes' pods leaves with its pod-bridge
+               address (as the routed variant's does), so masqueraded traffic shows one of
+               the node's addresses either way
     pod:       eth0 10.244.<i>.<k>/24 (k = 2, 3, ...), fd00:10:244:<i>::<k>/64, default via cbr0
     outside:   eth0 172.18.0.100/24, fc00:f853:ccd:e793::100/64; reaches node IPs, but has no
                route to any pod CIDR (like a client on the nodes' LAN)
@@ -33,6 +43,13 @@ from typing import Any
 from kproxy.devcluster.netns import NetNamespace, Popen, random_tag, wait_for_line
 from kproxy.devcluster.probe import ProbeResult, run_probe
 
+OVERLAY_VXLAN = "vxlan"
+OVERLAY_ROUTES = "routes"
+OVERLAYS = (OVERLAY_VXLAN, OVERLAY_ROUTES)
+VXLAN_DEVICE = "flannel.1"
+VXLAN_ID = 1
+VXLAN_PORT = 8472  # flannel's (the Linux default, not IANA's 4789)
+VXLAN_MTU = 1450  # 1500 minus the outer IPv4, UDP and VXLAN headers and the inner Ethernet
 FABRIC_BRIDGE = "br0"
 POD_BRIDGE = "cbr0"
 UPLINK = "eth0"  # a node's (or the outside client's) link on the fabric; a pod's only link
@@ -99,6 +116,22 @@ class NodeAddressing:
             gateway6=f"fd00:10:244:{index}::1" if ipv6 else None,
         )
 
+    @property
+    def vtep_mac(self) -> str:
+        """This node's VXLAN device MAC (locally administered, one per node index)."""
+        return f"0e:6b:70:00:{self.index >> 8:02x}:{self.index & 0xFF:02x}"
+
+    @property
+    def overlay_address(self) -> str:
+        """The next hop for this node's pod CIDR on the overlay (flannel: the network address)."""
+        return str(ipaddress.ip_network(self.pod_cidr).network_address)
+
+    @property
+    def overlay_address6(self) -> str | None:
+        if self.pod_cidr6 is None:
+            return None
+        return str(ipaddress.ip_network(self.pod_cidr6).network_address)
+
     def pod_addresses(self, host: int) -> tuple[str, str | None]:
         """IPv4 (and IPv6) address of the pod with host part ``host`` on this node."""
         if not FIRST_POD_HOST <= host <= MAX_POD_HOST:
@@ -138,8 +171,17 @@ def fabric_commands(ports: Sequence[tuple[str, str]]) -> list[str]:
     return commands
 
 
-def node_commands(node: NodeAddressing, others: Iterable[NodeAddressing]) -> list[str]:
-    """Inside a node: the pod bridge, the fabric address, and routes to the other pod CIDRs."""
+def check_overlay(overlay: str) -> str:
+    if overlay not in OVERLAYS:
+        raise ValueError(f"overlay must be one of {OVERLAYS}: {overlay!r}")
+    return overlay
+
+
+def node_commands(node: NodeAddressing, others: Iterable[NodeAddressing],
+                  overlay: str = OVERLAY_VXLAN) -> list[str]:
+    """Inside a node: the pod bridge, the fabric address, and the way to the other pod CIDRs
+    (the VXLAN device with its neighbours and routes, or plain routes)."""
+    check_overlay(overlay)
     commands = [
         f"link add {POD_BRIDGE} type bridge",
         _addr(node.gateway, node.pod_cidr, POD_BRIDGE),
@@ -155,7 +197,34 @@ def node_commands(node: NodeAddressing, others: Iterable[NodeAddressing]) -> lis
     commands.append(f"route add default dev {UPLINK}")
     if node.ip6:
         commands.append(f"route add ::/0 dev {UPLINK}")
-    return commands + _pod_routes(others)
+    if overlay == OVERLAY_ROUTES:
+        return commands + _pod_routes(others)
+    return commands + vxlan_commands(node, others)
+
+
+def vxlan_commands(node: NodeAddressing, others: Iterable[NodeAddressing]) -> list[str]:
+    """Inside a node: flannel.1, and per peer a neighbour entry and an onlink route (the FDB
+    entries are :func:`vxlan_fdb_commands`: ``bridge``, not ``ip``)."""
+    commands = [
+        f"link add {VXLAN_DEVICE} address {node.vtep_mac} type vxlan id {VXLAN_ID} "
+        f"local {node.ip} dev {UPLINK} dstport {VXLAN_PORT} nolearning",
+        f"link set {VXLAN_DEVICE} mtu {VXLAN_MTU} up",
+    ]
+    for peer in others:
+        hops = [(peer.overlay_address, peer.pod_cidr)]
+        if node.pod_cidr6 and peer.overlay_address6 and peer.pod_cidr6:
+            hops.append((peer.overlay_address6, peer.pod_cidr6))
+        for hop, cidr in hops:
+            commands += [
+                f"neigh replace {hop} lladdr {peer.vtep_mac} dev {VXLAN_DEVICE} nud permanent",
+                f"route add {cidr} via {hop} dev {VXLAN_DEVICE} onlink",
+            ]
+    return commands
+
+
+def vxlan_fdb_commands(others: Iterable[NodeAddressing]) -> list[str]:
+    """``bridge`` commands inside a node: each peer's VTEP MAC is behind its fabric IP."""
+    return [f"fdb append {peer.vtep_mac} dev {VXLAN_DEVICE} dst {peer.ip}" for peer in others]
 
 
 def node_sysctls(node: NodeAddressing) -> dict[str, int]:
@@ -170,10 +239,16 @@ def node_sysctls(node: NodeAddressing) -> dict[str, int]:
     return settings
 
 
-def pod_port_commands(port: str, pod_namespace: str) -> list[str]:
+def pod_mtu(overlay: str) -> int | None:
+    """The MTU a pod's link needs (None: the default), so no packet outgrows the overlay."""
+    return VXLAN_MTU if check_overlay(overlay) == OVERLAY_VXLAN else None
+
+
+def pod_port_commands(port: str, pod_namespace: str, mtu: int | None = None) -> list[str]:
     """Inside the node: a veth on the pod bridge whose peer is the pod's eth0."""
+    sizes = "" if mtu is None else f" mtu {mtu}"
     return [
-        f"link add {port} type veth peer name {UPLINK} netns {pod_namespace}",
+        f"link add {port}{sizes} type veth peer name {UPLINK}{sizes} netns {pod_namespace}",
         f"link set {port} master {POD_BRIDGE} up",
         # As kubelet's hairpin mode does: a pod can reach itself through a service address.
         f"link set dev {port} type bridge_slave hairpin on",
@@ -240,10 +315,11 @@ class LabHost:
 
     def start_server(self, *, tcp: Sequence[int] = (DEFAULT_SERVER_PORT,),
                      udp: Sequence[int] = (DEFAULT_SERVER_PORT,), sctp: Sequence[int] = (),
-                     bind: str | None = None, wait: bool = True,
+                     bind: str | None = None, version: str | None = None, wait: bool = True,
                      timeout: float = SERVER_READY_TIMEOUT) -> Popen:
-        """Run the pod server here (named after this host); with ``wait``, return once it
-        listens on every port. It is stopped when the namespace is deleted."""
+        """Run the pod server here (named after this host, answering with ``version`` when
+        given); with ``wait``, return once it listens on every port. It is stopped when the
+        namespace is deleted."""
         if self.server is not None and self.server.poll() is None:
             raise RuntimeError(f"{self.name} already runs a server")
         args = ["--name", self.name]
@@ -252,6 +328,8 @@ class LabHost:
                 args += [flag, str(port)]
         if bind is not None:
             args += ["--bind", bind]
+        if version is not None:
+            args += ["--app-version", version]
         self.server = self.ns.popen_python(PODSERVER_MODULE, *args, stdout=subprocess.PIPE)
         if wait:
             self.wait_server_ready(timeout)
@@ -316,9 +394,11 @@ class Lab:
     """Builds the topology on enter (or :meth:`build`) and deletes every namespace on exit."""
 
     def __init__(self, nodes: int = 2, *, outside: bool = True, control_plane: bool = False,
-                 ipv6: bool = False, tag: str | None = None) -> None:
+                 ipv6: bool = False, overlay: str = OVERLAY_VXLAN,
+                 tag: str | None = None) -> None:
         if not 1 <= nodes <= MAX_NODES:
             raise ValueError(f"nodes must be 1..{MAX_NODES}: {nodes}")
+        self.overlay = check_overlay(overlay)
         self.node_count = nodes
         self.with_outside = outside
         self.with_control_plane = control_plane
@@ -380,7 +460,9 @@ class Lab:
         fabric.ip_batch(fabric_commands(ports))
         for plan, ns in zip(plans, node_namespaces, strict=True):
             others = [other for other in plans if other is not plan]
-            ns.ip_batch(node_commands(plan, others))
+            ns.ip_batch(node_commands(plan, others, self.overlay))
+            if self.overlay == OVERLAY_VXLAN:
+                ns.bridge_batch(vxlan_fdb_commands(others))
             self.nodes.append(Node(plan, ns))
         if outside_ns is not None:
             ip, ip6 = outside_addresses(ipv6=self.ipv6)
@@ -426,7 +508,7 @@ class Lab:
         ns = self._namespace(name)
         link = f"veth{host}"
         try:
-            owner.ns.ip_batch(pod_port_commands(link, ns.name))
+            owner.ns.ip_batch(pod_port_commands(link, ns.name, pod_mtu(self.overlay)))
             ns.ip_batch(pod_commands(owner.addressing, ip, ip6))
         except BaseException:
             self._forget(ns)

@@ -391,6 +391,14 @@ class NetNamespace:
         if script:
             _run_ip(["-n", self.name, "-batch", "-"], stdin=script, timeout=timeout)
 
+    def bridge_batch(self, commands: Iterable[str],
+                     timeout: float = DEFAULT_COMMAND_TIMEOUT) -> None:
+        """Run several ``bridge`` commands (FDB entries; one per line) inside this namespace."""
+        self._require_alive()
+        script = "".join(f"{line}\n" for line in commands)
+        if script:
+            self.run(["bridge", "-batch", "-"], input=script, timeout=timeout)
+
     def sysctl(self, key: str, value: str | int) -> None:
         """Set a (network) sysctl inside this namespace only."""
         self.sysctls({key: value})

@@ -2,9 +2,10 @@
 
 ``python -m kproxy.devcluster.podserver --name web-1 --tcp 8080 --udp 8080`` prints ``READY``
 on stdout once every port listens. Each answer carries ``pod`` (the ``--name``), ``client``
-(the peer address as the server sees it, ``IP:PORT`` or ``[IPv6]:PORT``) and ``server`` (the
-local address the client reached), so a test can tell which endpoint answered and whether the
-source address was translated on the way.
+(the peer address as the server sees it, ``IP:PORT`` or ``[IPv6]:PORT``), ``server`` (the
+local address the client reached) and, with ``--app-version``, ``version`` (the release of the
+workload it belongs to), so a test can tell which endpoint answered and whether the source
+address was translated on the way.
 
 Stream ports (TCP, and SCTP where the kernel has it) — the first bytes decide, once:
 
@@ -154,7 +155,16 @@ def render_response(status: int, reason: str, body: bytes, *, keep_alive: bool,
 
 
 def answer(name: str, client: str, server: str, **extra: object) -> dict[str, object]:
-    return {"pod": name, "client": client, "server": server, **extra}
+    return {"pod": name, "client": client, "server": server, **_version_field(), **extra}
+
+
+# The workload's version (``--app-version``), added to every answer when set; a process-wide
+# setting because one server process is one pod.
+_app_version: str | None = None
+
+
+def _version_field() -> dict[str, object]:
+    return {"version": _app_version} if _app_version is not None else {}
 
 
 def json_line(fields: dict[str, object]) -> bytes:
@@ -363,6 +373,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sctp", type=int, action="append", default=[], metavar="PORT")
     parser.add_argument("--bind", default=None, metavar="ADDR",
                         help="listen on this address only (default: all IPv4 and IPv6)")
+    parser.add_argument("--app-version", default=None, metavar="VERSION",
+                        help="reported as 'version' in every answer (a workload's release)")
     return parser.parse_args(argv)
 
 
@@ -375,7 +387,9 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global _app_version
     args = parse_args(argv)
+    _app_version = args.app_version
     if not (args.tcp or args.udp or args.sctp):
         print("podserver: nothing to serve (give --tcp, --udp or --sctp)", file=sys.stderr)
         return 2

@@ -13,7 +13,8 @@ attempts over its endpoints. A result is either ``{"ok": true, "pod": ..., "clie
 * ``tcp``/``sctp``: sends one line (``ping``, or ``--payload-size`` bytes) and reads the JSON
   line back; with ``--payload-size 0`` it sends nothing and reads the server's greeting.
 * ``http``: one ``GET /`` (a ``POST`` with a body of ``--payload-size`` bytes) with
-  ``Connection: close``; ``status`` holds the HTTP status.
+  ``Connection: close``; ``status`` holds the HTTP status, and ``body`` the body of an answer
+  that is not the pod server's (a health check port's JSON, say).
 * ``udp``: one datagram (``ping`` or ``--payload-size`` bytes) and one reply.
 
 ``--source-port`` binds the client port (e.g. to test session affinity or conntrack); such
@@ -72,6 +73,8 @@ class ProbeResult:
     client: str | None = None
     server: str | None = None
     status: int | None = None
+    version: str | None = None  # the pod server's --app-version, when it has one
+    body: str | None = None  # an HTTP answer that is not the pod server's
     received_bytes: int | None = None
     elapsed_ms: float = 0.0
 
@@ -85,6 +88,8 @@ class ProbeResult:
             client=fields.get("client"),
             server=fields.get("server"),
             status=fields.get("status"),
+            version=fields.get("version"),
+            body=fields.get("body"),
             received_bytes=fields.get("bytes"),
             elapsed_ms=float(fields.get("elapsed_ms", 0.0)),
         )
@@ -249,7 +254,11 @@ def attempt_http(host: str, port: int, deadline: Deadline, source_port: int | No
     status_line = head.split(b"\r\n", 1)[0].split(b" ")
     if not separator or len(status_line) < 2 or not status_line[1].isdigit():
         raise ProbeFailure("bad-response", f"not an HTTP response: {raw[:80]!r}")
-    fields = _decode_answer(response_body) if response_body.strip() else {}
+    try:
+        fields = _decode_answer(response_body) if response_body.strip() else {}
+    except ProbeFailure:
+        # Not a pod server (a health check port, say): the status and the body are the answer.
+        fields = {"body": response_body.decode(errors="replace")}
     return {**fields, "status": int(status_line[1])}
 
 

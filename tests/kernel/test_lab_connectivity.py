@@ -166,3 +166,35 @@ def test_control_plane_is_reachable_from_nodes_and_pods() -> None:
         for client in (lab.node(1), pod):
             [result] = client.probe("tcp", control.ip, 6443)
             assert (result.ok, result.pod, result.client_ip) == (True, "control-plane", client.ip)
+
+
+@pytest.mark.parametrize("overlay", ["vxlan", "routes"])
+def test_pods_on_different_nodes_talk_over_either_overlay(overlay: str) -> None:
+    with Lab(nodes=2, outside=False, overlay=overlay) as lab:
+        client, server = lab.add_pod(1, "client"), lab.add_pod(2, "server")
+        server.start_server()
+        for proto in ("tcp", "udp"):
+            # Larger than one packet either way: the pods' MTU fits the overlay.
+            [result] = client.probe(proto, server.ip, PORT, payload_size=4000)
+            assert (result.ok, result.pod, result.client_ip, result.received_bytes) == (
+                True, "server", client.ip, 4000), result
+        vxlan = lab.node(1).ns.run(["ip", "-d", "link", "show", "flannel.1"], check=False)
+        assert (vxlan.returncode == 0) == (overlay == "vxlan"), vxlan.stdout + vxlan.stderr
+        if overlay == "vxlan":
+            assert "vxlan id 1 local 172.18.0.11" in vxlan.stdout
+            fdb = lab.node(1).ns.run(["bridge", "fdb", "show", "dev", "flannel.1"]).stdout
+            assert "0e:6b:70:00:00:02 dst 172.18.0.12" in fdb
+
+
+def test_vxlan_carries_pod_traffic_encapsulated_on_the_fabric() -> None:
+    """With the overlay, the fabric never routes pod addresses: stop VXLAN on node2 (drop
+    UDP 8472 there) and pods on node1 no longer reach pods on node2."""
+    with Lab(nodes=2, outside=False) as lab:
+        client, server = lab.add_pod(1, "client"), lab.add_pod(2, "server")
+        server.start_server()
+        [before] = client.probe("tcp", server.ip, PORT)
+        assert before.ok, before
+        lab.node(2).ns.run(["iptables", "-w", "5", "-A", "INPUT", "-p", "udp", "--dport",
+                            "8472", "-j", "DROP"])
+        [after] = client.probe("tcp", server.ip, PORT, timeout=0.5)
+        assert (after.ok, after.error) == (False, "timeout"), after

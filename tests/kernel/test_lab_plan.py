@@ -65,15 +65,45 @@ def test_node_ips_never_collide_with_the_outside_client() -> None:
 # --- ip command lists ----------------------------------------------------------------------
 
 
-def test_node_routes_every_other_pod_cidr_via_that_node() -> None:
+def test_routed_node_routes_every_other_pod_cidr_via_that_node() -> None:
     nodes = [NodeAddressing.for_index(i, ipv6=True) for i in (1, 2, 3)]
-    commands = lab_module.node_commands(nodes[0], nodes[1:])
+    commands = lab_module.node_commands(nodes[0], nodes[1:], lab_module.OVERLAY_ROUTES)
     assert "route add 10.244.2.0/24 via 172.18.0.12 dev eth0" in commands
     assert "route add 10.244.3.0/24 via 172.18.0.13 dev eth0" in commands
     assert "route add fd00:10:244:3::/64 via fc00:f853:ccd:e793::13 dev eth0" in commands
     assert not any("10.244.1.0/24 via" in command for command in commands)
     assert "addr add fd00:10:244:1::1/64 dev cbr0 nodad" in commands
     assert "addr add 10.244.1.1/24 dev cbr0" in commands
+
+
+def test_vxlan_node_reaches_every_other_pod_cidr_over_flannel_1() -> None:
+    nodes = [NodeAddressing.for_index(i, ipv6=True) for i in (1, 2, 3)]
+    commands = lab_module.node_commands(nodes[0], nodes[1:])
+    assert ("link add flannel.1 address 0e:6b:70:00:00:01 type vxlan id 1 local 172.18.0.11 "
+            "dev eth0 dstport 8472 nolearning") in commands
+    assert "link set flannel.1 mtu 1450 up" in commands
+    for peer in (2, 3):
+        mac = f"0e:6b:70:00:00:0{peer}"
+        assert (f"neigh replace 10.244.{peer}.0 lladdr {mac} dev flannel.1 nud permanent"
+                in commands)
+        assert f"route add 10.244.{peer}.0/24 via 10.244.{peer}.0 dev flannel.1 onlink" in commands
+        assert (f"route add fd00:10:244:{peer}::/64 via fd00:10:244:{peer}:: dev flannel.1 onlink"
+                in commands)
+    # Nothing goes to another pod CIDR through the fabric directly.
+    assert not any(" via 172.18.0." in command for command in commands)
+    assert lab_module.vxlan_fdb_commands(nodes[1:]) == [
+        "fdb append 0e:6b:70:00:00:02 dev flannel.1 dst 172.18.0.12",
+        "fdb append 0e:6b:70:00:00:03 dev flannel.1 dst 172.18.0.13",
+    ]
+
+
+def test_overlay_is_checked_and_sets_the_pod_mtu() -> None:
+    with pytest.raises(ValueError, match="overlay must be one of"):
+        lab_module.check_overlay("geneve")
+    assert lab_module.pod_mtu("vxlan") == 1450
+    assert lab_module.pod_mtu("routes") is None
+    assert lab_module.pod_port_commands("veth2", "kp-1-ab-pod", 1450)[0] == (
+        "link add veth2 mtu 1450 type veth peer name eth0 mtu 1450 netns kp-1-ab-pod")
 
 
 def test_fabric_veths_are_created_with_their_peer_in_the_other_namespace() -> None:
