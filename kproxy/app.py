@@ -13,7 +13,7 @@ from kproxy.config import ProxyConfig, ProxyMode
 from kproxy.conntrack import ConntrackCleaner
 from kproxy.gctuning import configure_gc, freeze_long_lived
 from kproxy.healthcheck import ServiceHealthServer
-from kproxy.iptables.backend import BackendError, open_backend
+from kproxy.iptables.backend import Backend, BackendError, open_backend
 from kproxy.kube.transport import KubeTransport
 from kproxy.objectfile import ClusterObjects, ObjectFileError, load_object_file
 from kproxy.proxier import Proxier, SnapshotLogger
@@ -28,32 +28,61 @@ log = logging.getLogger(__name__)
 def make_proxier(
     config: ProxyConfig, clock: Clock, request_sync: Callable[[], None]
 ) -> Proxier:
-    """The forwarding mode's proxier; raises BackendError where it cannot run here."""
-    if config.proxy_mode is ProxyMode.IPTABLES:
-        from kproxy.iptables.proxier import IptablesProxier
+    """The forwarding mode's proxier; raises BackendError where it cannot run here.
 
-        backend = open_backend(config.iptables_backend)
-        if not backend.families():
-            # Otherwise every sync writes nothing, reports success, and --once exits 0.
-            raise BackendError(
-                f"the {backend.name} iptables backend can use no IP family here "
-                "(listing the nat table failed for IPv4 and IPv6)"
-            )
-        # A one-shot run programs rules and leaves: no servers, no background cleanup.
-        long_running = not config.once
-        return IptablesProxier(
-            config,
-            backend,
-            clock=clock,
-            conntrack=ConntrackCleaner(families=backend.families(),
-                                       clear_services_without_endpoints=True)
-            if long_running else None,
-            health=ServiceHealthServer() if long_running else None,
-            request_sync=request_sync,
+    Either mode removes the other mode's rules around its first sync (kproxy.modeswitch).
+    """
+    backend = open_backend(config.iptables_backend)
+    if not backend.families():
+        # Otherwise every sync writes nothing, reports success, and --once exits 0.
+        raise BackendError(
+            f"the {backend.name} iptables backend can use no IP family here "
+            "(listing the nat table failed for IPv4 and IPv6)"
         )
-    # Said plainly rather than running a proxy that forwards nothing.
-    raise ValueError("userspace mode is not available in this version of kproxy; "
-                     "use --proxy-mode=iptables")
+    # A one-shot run programs rules and leaves: no servers, no background cleanup.
+    long_running = not config.once
+    if config.proxy_mode is ProxyMode.USERSPACE:
+        return _userspace_proxier(config, clock, backend, long_running)
+    from kproxy.modeswitch import IptablesProxierAfterUserspace
+
+    return IptablesProxierAfterUserspace(
+        config,
+        backend,
+        clock=clock,
+        conntrack=ConntrackCleaner(families=backend.families(),
+                                   clear_services_without_endpoints=True)
+        if long_running else None,
+        health=ServiceHealthServer() if long_running else None,
+        request_sync=request_sync,
+    )
+
+
+def _userspace_proxier(
+    config: ProxyConfig, clock: Clock, backend: Backend, long_running: bool
+) -> Proxier:
+    from kproxy.modeswitch import remove_iptables_mode
+    from kproxy.userspace.limits import RelayLimits, raise_nofile_limit
+    from kproxy.userspace.proxier import UserspaceProxier
+
+    if not long_running:
+        log.warning("--once in userspace mode: the relays stop, and the portal rules are "
+                    "removed, when kproxy exits")
+    # Every relayed connection holds several descriptors: take what the system allows.
+    raise_nofile_limit()
+    families = backend.families()
+    limits = RelayLimits(
+        idle_timeout=config.userspace_idle_timeout,
+        udp_idle_timeout=config.userspace_udp_idle_timeout,
+    )
+    return UserspaceProxier(
+        config,
+        backend,
+        clock=clock,
+        limits=limits,
+        families=families,
+        health=ServiceHealthServer() if long_running else None,
+        remove_other_mode=lambda: remove_iptables_mode(backend, families),
+    )
 
 
 class ProxyService:

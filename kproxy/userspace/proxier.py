@@ -1,0 +1,253 @@
+"""userspace mode: a listener per service port, and portal rules that send its traffic there.
+
+Each sync, per IP family: select every TCP and UDP service port's targets as iptables mode
+would (:mod:`.selection`), open the listeners that are missing and hand every listener its
+targets, write the portal rules (:mod:`.portal`) in one restore transaction, and only then
+close the listeners no rule points to any more. A failed restore leaves the old rules in
+place and their listeners open; the next sync writes again.
+
+A sync writes only when the payload differs from the last one written, except every
+``sync_period`` (a flushed table is repaired then). The first successful sync removes
+iptables mode's rules, so that a node switching modes has no window without forwarding.
+``close()`` stops accepting, lets established connections run for the drain grace, then
+removes the portal rules.
+
+SCTP ports are not relayed (kube-proxy's userspace mode had no SCTP either): each is
+logged once and left alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol as TypingProtocol
+
+from kproxy.clock import Clock
+from kproxy.config.record import ProxyConfig
+from kproxy.healthcheck import ServiceHealthServer
+from kproxy.healthcheck_status import health_check_ports, local_ready_endpoint_counts
+from kproxy.iptables.backend import Backend, BackendError
+from kproxy.iptables.cleanup import CleanupReport, cleanup, userspace_mode_chain
+from kproxy.iptables.context import plan_context
+from kproxy.iptables.restore import render_full
+from kproxy.iptables.serviceview import family_endpoints, family_view
+from kproxy.model.types import IPFamily, Protocol, ServicePortName
+from kproxy.proxier import SyncResult
+from kproxy.state import Snapshot
+from kproxy.userspace.limits import ConnectionBudget, RelayLimits
+from kproxy.userspace.portal import plan_portals
+from kproxy.userspace.selection import ListenerKey, PortSelection, select_port
+from kproxy.userspace.stats import UserspaceStats
+from kproxy.userspace.targets import Target
+
+log = logging.getLogger(__name__)
+
+RELAYED_PROTOCOLS = frozenset({Protocol.TCP, Protocol.UDP})
+
+
+class Listener(TypingProtocol):
+    """What the proxier needs of a data-plane listener (:mod:`.listener`)."""
+
+    @property
+    def port(self) -> int: ...
+
+    def update(self, targets: tuple[Target, ...], affinity_timeout: float | None) -> None: ...
+
+    async def close(self, grace: float = 0.0) -> None: ...
+
+
+class ListenerFactory(TypingProtocol):
+    async def __call__(self, key: ListenerKey) -> Listener: ...
+
+
+@dataclass
+class _Open:
+    listener: Listener
+    targets: tuple[Target, ...] | None = None  # what it was last given
+    affinity_timeout: float | None = None
+
+
+class UserspaceProxier:
+    def __init__(
+        self,
+        config: ProxyConfig,
+        backend: Backend,
+        *,
+        clock: Clock,
+        limits: RelayLimits,
+        families: tuple[IPFamily, ...] | None = None,
+        health: ServiceHealthServer | None = None,
+        listener_factory: ListenerFactory | None = None,
+        remove_other_mode: Callable[[], CleanupReport] | None = None,
+    ) -> None:
+        self._config = config
+        self._backend = backend
+        self._clock = clock
+        self._limits = limits
+        self._families = families or backend.families()
+        self._health = health
+        self.stats = UserspaceStats()
+        self._budget = ConnectionBudget.for_limits(limits)
+        self._open_listener = listener_factory or DataPlaneListeners(
+            clock=clock, limits=limits, budget=self._budget, stats=self.stats)
+        self._remove_other_mode = remove_other_mode
+        self._listeners: dict[ListenerKey, _Open] = {}
+        self._written: dict[IPFamily, str] = {}
+        self._last_full: float | None = None
+        self._skipped_protocols: set[ServicePortName] = set()
+        self._closed = False
+        self.last_error = ""
+
+    @property
+    def listener_ports(self) -> Mapping[ListenerKey, int]:
+        """The port of every open listener (for logs and tests)."""
+        return {key: entry.listener.port for key, entry in self._listeners.items()}
+
+    async def sync(self, snapshot: Snapshot) -> SyncResult:
+        started = time.perf_counter()
+        now = self._clock.monotonic()
+        full = self._last_full is None or now - self._last_full >= self._config.sync_period
+        selections = {family: self._select(family, snapshot) for family in self._families}
+        wanted = {
+            selection.key(scope): (selection.targets(scope), selection.affinity_timeout)
+            for family_selections in selections.values()
+            for selection in family_selections
+            for scope in selection.scopes()
+        }
+        errors = await self._open_and_update(wanted)
+        try:
+            for family in self._families:
+                await self._write(family, snapshot, selections[family], full)
+        except (BackendError, OSError, ValueError) as error:
+            self._written.clear()  # unknown what the kernel holds now: write again next time
+            message = f"{type(error).__name__}: {error}"
+            self.last_error = message
+            return SyncResult(False, full, len(snapshot.services), 0, error=message)
+        if full:
+            self._last_full = now
+        # No rule points to these any more: close them and release their ports.
+        stale = [key for key in self._listeners if key not in wanted]
+        await asyncio.gather(*(self._listeners.pop(key).listener.close() for key in stale))
+        await self._after_sync(snapshot)
+        endpoint_count = sum(len(e) for e in snapshot.endpoints.values())
+        log.log(
+            logging.INFO - 2,
+            "sync (%s) took %.1f ms: %d service ports, %d endpoints, %d listeners, %d changed",
+            "full" if full else "partial", (time.perf_counter() - started) * 1000,
+            len(snapshot.services), endpoint_count, len(self._listeners), len(snapshot.changed),
+        )
+        if errors:
+            # Everything else is forwarded; the ports without a listener are retried.
+            self.last_error = "; ".join(errors)
+            return SyncResult(False, full, len(snapshot.services), endpoint_count,
+                              error=self.last_error)
+        return SyncResult(True, full, len(snapshot.services), endpoint_count)
+
+    def _select(self, family: IPFamily, snapshot: Snapshot) -> list[PortSelection]:
+        node = snapshot.node
+        zone = (node.zone or "") if node is not None else ""
+        selections: list[PortSelection] = []
+        for name in sorted(snapshot.services):
+            port = snapshot.services[name]
+            if port.protocol not in RELAYED_PROTOCOLS:
+                if name not in self._skipped_protocols:
+                    self._skipped_protocols.add(name)
+                    log.warning("%s: %s is not supported in userspace mode; not forwarded",
+                                name, port.protocol.value)
+                continue
+            view = family_view(port, family)
+            if view is None:
+                continue
+            endpoints = family_endpoints(snapshot.endpoints_of(name), family)
+            selections.append(select_port(view, endpoints, node_name=self._config.hostname,
+                                          zone=zone))
+        return selections
+
+    async def _open_and_update(
+        self, wanted: Mapping[ListenerKey, tuple[tuple[Target, ...], float | None]]
+    ) -> list[str]:
+        errors: list[str] = []
+        for key, (targets, affinity_timeout) in wanted.items():
+            entry = self._listeners.get(key)
+            if entry is None:
+                try:
+                    listener = await self._open_listener(key)
+                except OSError as error:
+                    log.error("%s: cannot open a listener: %s", key, error)
+                    errors.append(f"{key}: {error}")
+                    continue
+                entry = self._listeners[key] = _Open(listener)
+                log.info("%s: listening on port %d", key, listener.port)
+            if entry.targets != targets or entry.affinity_timeout != affinity_timeout:
+                entry.listener.update(targets, affinity_timeout)
+                entry.targets, entry.affinity_timeout = targets, affinity_timeout
+        return errors
+
+    async def _write(self, family: IPFamily, snapshot: Snapshot,
+                     selections: list[PortSelection], full: bool) -> None:
+        context = plan_context(self._config, snapshot.node, family)
+        ports = {key: entry.listener.port for key, entry in self._listeners.items()
+                 if key.family is family}
+        ruleset = plan_portals(selections, ports, context)
+        payloads = render_full(ruleset)
+        text = "".join(payloads.values())
+        if not full and self._written.get(family) == text:
+            return
+        await asyncio.to_thread(self._backend.restore_all, family, payloads)
+        self._written[family] = text
+        if full:
+            await asyncio.to_thread(self._backend.ensure_jumps, family, ruleset.jumps)
+
+    async def _after_sync(self, snapshot: Snapshot) -> None:
+        if self._remove_other_mode is not None:
+            remove, self._remove_other_mode = self._remove_other_mode, None
+            report = await asyncio.to_thread(remove)
+            if not report.ok:
+                log.warning("removing iptables mode's rules: %s", "; ".join(report.errors))
+        if self._health is not None:
+            ports = health_check_ports(snapshot)
+            await self._health.sync_services(ports)
+            self._health.update_endpoints(
+                local_ready_endpoint_counts(snapshot, self._config.hostname, only=ports))
+
+    async def close(self) -> None:
+        """Stop accepting, drain for the drain grace, then remove the portal rules."""
+        if self._closed:
+            return
+        self._closed = True
+        listeners = [entry.listener for entry in self._listeners.values()]
+        self._listeners.clear()
+        await asyncio.gather(*(listener.close(self._limits.drain_grace)
+                               for listener in listeners))
+        if self._written or self._last_full is not None:
+            report = await asyncio.to_thread(
+                cleanup, self._backend, self._families, userspace_mode_chain)
+            if not report.ok:
+                log.warning("removing the portal rules: %s", "; ".join(report.errors))
+        if self._health is not None:
+            await self._health.close()
+
+
+class DataPlaneListeners:
+    """Opens the data plane's TCP and UDP listeners, all sharing one budget and stats."""
+
+    def __init__(self, *, clock: Clock, limits: RelayLimits, budget: ConnectionBudget,
+                 stats: UserspaceStats) -> None:
+        self._clock = clock
+        self._limits = limits
+        self._budget = budget
+        self._stats = stats
+
+    async def __call__(self, key: ListenerKey) -> Listener:
+        from kproxy.userspace.balancer import Balancer
+        from kproxy.userspace.listener import open_tcp_listener, open_udp_listener
+
+        opener = open_udp_listener if key.name.protocol is Protocol.UDP else open_tcp_listener
+        balancer = Balancer(self._clock, failure_threshold=self._limits.failure_threshold,
+                            failure_cooldown=self._limits.failure_cooldown)
+        return await opener(str(key), balancer=balancer, limits=self._limits,
+                            budget=self._budget, stats=self._stats, clock=self._clock,
+                            family=key.family)

@@ -1,0 +1,117 @@
+"""The forwarding flow table of iptables mode (tests/kernel/test_iptables_flows.py), run in
+each proxy mode: the same objects, the same rows, real packets from pods, nodes and an
+outside client through the lab nodes' kproxy.
+
+iptables mode programs once (``--once``); userspace mode keeps running (its relays forward),
+with ``--from-file`` as a static source. One documented difference: in userspace mode the
+relay connects to the endpoint from the node, so every endpoint sees the address of the
+node that relayed the connection, never the client's (as with kube-proxy's userspace mode).
+Rows that check the source address expect that node's addresses there.
+
+The three iptables backends are covered by test_iptables_flows.py; here iptables mode runs on
+the default backend, as the reference the userspace run is compared with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from flows import Flow, addresses_of, check_flow, flow_target, host_named
+from kproxy_nodes import KproxyOnNode
+from test_iptables_flows import (
+    CLUSTER_CIDR,
+    EXTERNAL_IP,
+    FLOWS,
+    LB_IP,
+    WEB_PORT,
+    cluster_objects,
+)
+
+from kproxy.devcluster.lab import Lab, Pod
+
+pytestmark = pytest.mark.kernel
+
+MODES = ("iptables", "userspace")
+# The network routes external and load-balancer IPs to node2 (see the fixture).
+EXTERNAL_ROUTE_NODE = 1
+
+
+def relaying_node(lab: Lab, flow: Flow) -> str:
+    """The node whose kproxy handles ``flow``: the source's own node for pods and nodes,
+    the node the destination is routed to for the outside client."""
+    source = host_named(lab, flow.source)
+    if isinstance(source, Pod):
+        return source.node.name
+    if flow.source != "outside":
+        return flow.source
+    destination, _ = flow_target(lab, flow)
+    for node in lab.nodes:
+        if destination in node.ips:
+            return node.name
+    return lab.nodes[EXTERNAL_ROUTE_NODE].name
+
+
+def in_mode(flow: Flow, mode: str) -> Flow:
+    """The row as ``mode`` must satisfy it."""
+    if mode == "iptables" or flow.source_seen is None:
+        return flow
+
+    def node_addresses(lab: Lab) -> frozenset[str]:
+        return addresses_of(relaying_node(lab, flow))(lab)
+
+    return dataclasses.replace(flow, source_seen=node_addresses)
+
+
+@pytest.fixture(scope="module", params=MODES)
+def mode_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[tuple[str, Lab]]:
+    mode: str = request.param
+    workdir: Path = tmp_path_factory.mktemp(f"flows-{mode}")
+    with Lab(nodes=2, outside=True) as lab:
+        for node in lab.nodes:
+            lab.add_pod(node, f"web-{node.index}")
+            lab.add_pod(node, f"client-{node.index}")
+        lab.start_servers([lab.pod("web-1"), lab.pod("web-2")], tcp=(WEB_PORT,),
+                          udp=(WEB_PORT,))
+        assert lab.outside is not None
+        for address in (EXTERNAL_IP, LB_IP):
+            lab.outside.ns.ip("route", "add", f"{address}/32", "via",
+                              lab.nodes[EXTERNAL_ROUTE_NODE].ip)
+        objects = workdir / "objects.json"
+        objects.write_text(json.dumps({"apiVersion": "v1", "kind": "List",
+                                       "items": cluster_objects(lab)}))
+        common = [f"--proxy-mode={mode}", f"--from-file={objects}",
+                  f"--cluster-cidr={CLUSTER_CIDR}", "--v=2"]
+        running: list[KproxyOnNode] = []
+        try:
+            for node in lab.nodes:
+                args = [*common, f"--hostname-override={node.name}"]
+                if mode == "iptables":
+                    done = node.ns.run_python("kproxy.cli", "run", *args, "--once",
+                                              check=False, timeout=60)
+                    if done.returncode != 0:
+                        pytest.fail(f"kproxy --once failed on {node.name}:\n"
+                                    f"{done.stdout}\n{done.stderr}")
+                    continue
+                kproxy = KproxyOnNode(node, args, workdir / f"{node.name}.log")
+                kproxy.start()
+                running.append(kproxy)
+            for kproxy in running:
+                kproxy.wait_synced()
+            yield mode, lab
+            for kproxy in running:
+                kproxy.assert_running()
+        finally:
+            for kproxy in running:
+                kproxy.stop()
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=[flow.name for flow in FLOWS])
+def test_flow(mode_lab: tuple[str, Lab], flow: Flow) -> None:
+    mode, lab = mode_lab
+    problems = check_flow(lab, in_mode(flow, mode))
+    assert not problems, "\n".join(problems)
