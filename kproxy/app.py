@@ -73,6 +73,11 @@ def _userspace_proxier(
     limits = RelayLimits(
         idle_timeout=config.userspace_idle_timeout,
         udp_idle_timeout=config.userspace_udp_idle_timeout,
+        endpoint_grace=config.userspace_endpoint_grace,
+        drain_grace=config.userspace_drain_grace,
+        max_connections_global=config.userspace_max_connections,
+        max_connections_per_service=min(config.userspace_max_connections,
+                                        RelayLimits.max_connections_per_service),
     )
     return UserspaceProxier(
         config,
