@@ -311,11 +311,13 @@ async def open_tcp_listener(
     clock: Clock,
     family: IPFamily,
     bind_host: str = "",
+    port: int = 0,
     carriers: Carriers | None = None,
     refusal: Refusal = refusal_reason,
 ) -> TcpServiceListener:
-    """A TCP listener on a free port; ``update`` gives it its targets."""
-    sock = bound_socket(family, socket.SOCK_STREAM, bind_host)
+    """A TCP listener on ``port`` (0: a free one the kernel picks); ``update`` gives it its
+    targets. A port in use raises OSError(EADDRINUSE)."""
+    sock = bound_socket(family, socket.SOCK_STREAM, bind_host, port)
     try:
         sock.listen(_BACKLOG)
         listener = TcpServiceListener(
@@ -347,10 +349,12 @@ async def open_udp_listener(
     clock: Clock,
     family: IPFamily,
     bind_host: str = "",
+    port: int = 0,
     refusal: Refusal = refusal_reason,
 ) -> UdpServiceListener:
-    """A UDP listener on a free port; ``update`` gives it its targets."""
-    sock = bound_socket(family, socket.SOCK_DGRAM, bind_host)
+    """A UDP listener on ``port`` (0: a free one the kernel picks); ``update`` gives it its
+    targets. A port in use raises OSError(EADDRINUSE)."""
+    sock = bound_socket(family, socket.SOCK_DGRAM, bind_host, port)
     try:
         listener = UdpServiceListener(
             name,

@@ -22,17 +22,22 @@ def address_family(family: IPFamily) -> socket.AddressFamily:
     return socket.AF_INET6 if family is IPFamily.IPV6 else socket.AF_INET
 
 
-def bound_socket(family: IPFamily, kind: socket.SocketKind, bind_host: str) -> socket.socket:
-    """A non-blocking socket on a port the kernel picks, on every address of the family
-    unless ``bind_host`` names one."""
+def bound_socket(
+    family: IPFamily, kind: socket.SocketKind, bind_host: str, port: int = 0
+) -> socket.socket:
+    """A non-blocking socket on ``port`` (0: one the kernel picks), on every address of the
+    family unless ``bind_host`` names one. A port in use raises OSError(EADDRINUSE)."""
     sock = socket.socket(address_family(family), kind)
     try:
         if family is IPFamily.IPV6:
             # Without this, a "::" socket would also take IPv4 traffic for the port.
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_STREAM:
+            # A port given back and taken again must not wait for its TIME_WAIT connections.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setblocking(False)
         default = "::" if family is IPFamily.IPV6 else "0.0.0.0"
-        sock.bind((bind_host or default, 0))
+        sock.bind((bind_host or default, port))
     except BaseException:
         sock.close()
         raise

@@ -16,6 +16,7 @@ from userspace_support import (
     eventually,
     expect_reset,
     greeter,
+    loop_policies,
     plane,
     read_line,
     read_to_end,
@@ -29,6 +30,14 @@ from kproxy.userspace.listener import open_tcp_listener
 from kproxy.userspace.targets import Target
 from kproxy.userspace.tcp_relay import SPLICE_AVAILABLE, Carriers
 
+# Every test runs on asyncio's loop and on uvloop's (what kproxy uses when installed).
+pytestmark = pytest.mark.filterwarnings("ignore:Overriding the .event_loop_policy. fixture")
+
+
+@pytest.fixture(scope="module", params=loop_policies())
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    policy: asyncio.AbstractEventLoopPolicy = request.param
+    return policy
 
 async def greeting_via(port: int) -> bytes:
     reader, writer = await connect(port)

@@ -9,10 +9,25 @@ from collections.abc import Iterator
 from typing import cast
 
 import pytest
-from userspace_support import LOCALHOST, PATIENCE, eventually, plane, udp_listener
+from userspace_support import (
+    LOCALHOST,
+    PATIENCE,
+    eventually,
+    loop_policies,
+    plane,
+    udp_listener,
+)
 
 from kproxy.userspace.targets import Target
 
+# Every test runs on asyncio's loop and on uvloop's (what kproxy uses when installed).
+pytestmark = pytest.mark.filterwarnings("ignore:Overriding the .event_loop_policy. fixture")
+
+
+@pytest.fixture(scope="module", params=loop_policies())
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    policy: asyncio.AbstractEventLoopPolicy = request.param
+    return policy
 
 class UdpBackend(asyncio.DatagramProtocol):
     """Answers each datagram with ``name|the sender's port|payload``."""

@@ -172,3 +172,15 @@ async def expect_reset(port: int) -> None:
     finally:
         writer.close()
     raise AssertionError(f"connection to port {port} ended without a reset")
+
+
+def loop_policies() -> list[object]:
+    """asyncio's own loop, and uvloop's when installed: the relays must work on both."""
+    import pytest
+
+    policies: list[object] = [pytest.param(asyncio.DefaultEventLoopPolicy(), id="asyncio")]
+    try:
+        import uvloop
+    except ImportError:
+        return policies
+    return [*policies, pytest.param(uvloop.EventLoopPolicy(), id="uvloop")]
