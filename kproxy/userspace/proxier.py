@@ -39,6 +39,7 @@ from kproxy.proxier import SyncResult
 from kproxy.state import Snapshot
 from kproxy.userspace.limits import ConnectionBudget, RelayLimits
 from kproxy.userspace.portal import plan_portals
+from kproxy.userspace.ports import PortRange
 from kproxy.userspace.selection import ListenerKey, PortSelection, select_port
 from kproxy.userspace.stats import UserspaceStats
 from kproxy.userspace.targets import Target
@@ -91,8 +92,11 @@ class UserspaceProxier:
         self._health = health
         self.stats = UserspaceStats()
         self._budget = ConnectionBudget.for_limits(limits)
+        port_range = (PortRange(*config.userspace_port_range)
+                      if config.userspace_port_range is not None else None)
         self._open_listener = listener_factory or DataPlaneListeners(
-            clock=clock, limits=limits, budget=self._budget, stats=self.stats)
+            clock=clock, limits=limits, budget=self._budget, stats=self.stats,
+            port_range=port_range)
         self._remove_other_mode = remove_other_mode
         self._listeners: dict[ListenerKey, _Open] = {}
         self._written: dict[IPFamily, str] = {}
@@ -235,19 +239,26 @@ class DataPlaneListeners:
     """Opens the data plane's TCP and UDP listeners, all sharing one budget and stats."""
 
     def __init__(self, *, clock: Clock, limits: RelayLimits, budget: ConnectionBudget,
-                 stats: UserspaceStats) -> None:
+                 stats: UserspaceStats, port_range: PortRange | None = None) -> None:
         self._clock = clock
         self._limits = limits
         self._budget = budget
         self._stats = stats
+        self._port_range = port_range
 
     async def __call__(self, key: ListenerKey) -> Listener:
         from kproxy.userspace.balancer import Balancer
         from kproxy.userspace.listener import open_tcp_listener, open_udp_listener
 
         opener = open_udp_listener if key.name.protocol is Protocol.UDP else open_tcp_listener
-        balancer = Balancer(self._clock, failure_threshold=self._limits.failure_threshold,
-                            failure_cooldown=self._limits.failure_cooldown)
-        return await opener(str(key), balancer=balancer, limits=self._limits,
-                            budget=self._budget, stats=self._stats, clock=self._clock,
-                            family=key.family)
+
+        async def open_on(port: int) -> Listener:
+            balancer = Balancer(self._clock, failure_threshold=self._limits.failure_threshold,
+                                failure_cooldown=self._limits.failure_cooldown)
+            return await opener(str(key), balancer=balancer, limits=self._limits,
+                                budget=self._budget, stats=self._stats, clock=self._clock,
+                                family=key.family, port=port)
+
+        if self._port_range is None:
+            return await open_on(0)
+        return await self._port_range.bind(open_on)

@@ -38,6 +38,7 @@ pytestmark = pytest.mark.kernel
 # Bounds on kproxy reacting to a change; never performance expectations.
 CHANGE_LIMIT = 15.0
 ENDPOINT_GRACE = "1s"
+PORT_RANGE = (36000, 36099)
 WEBS = frozenset({"web-1", "web-2"})
 _REDIRECT = re.compile(r'--comment "default/(?P<service>[^:"]+):(?P<port>[^ "]+) cluster IP"'
                        r".* --to-ports (?P<to>\d+)")
@@ -49,7 +50,8 @@ def kproxy_args(devapi: DevApiProcess, node: LabHost, mode: str) -> list[str]:
         f"--hostname-override={node.name}", f"--cluster-cidr={CLUSTER_CIDR}",
         "--iptables-min-sync-period=0s", "--iptables-sync-period=5s",
         "--iptables-backend=nft", f"--userspace-endpoint-grace={ENDPOINT_GRACE}",
-        "--userspace-drain-grace=1s", "--v=2",
+        "--userspace-drain-grace=1s", f"--proxy-port-range={PORT_RANGE[0]}-{PORT_RANGE[1]}",
+        "--v=2",
     ]
 
 
@@ -159,6 +161,7 @@ def test_listeners_follow_services(cluster: Cluster) -> None:
     first = cluster.portal_ports("follow")
     assert set(first) == {"http"}, first
     assert cluster.listening(0, first["http"])
+    assert PORT_RANGE[0] <= first["http"] <= PORT_RANGE[1]  # --proxy-port-range
 
     # A port added: a listener of its own; the first one keeps its port.
     api.apply(two_port_service("follow", 81))
