@@ -9,15 +9,17 @@ iptables -> userspace -> iptables, and no rule of the other mode may survive a s
 
 from __future__ import annotations
 
+import json
 import re
 import signal
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from flows import REFUSED, Flow, addresses_of, check_flow
+from flows import REFUSED, TIMEOUT, Flow, addresses_of, check_flow
 from kproxy_nodes import HeldConnection, KproxyOnNode, eventually
 from test_iptables_dynamic import (
     CLUSTER_CIDR,
@@ -309,3 +311,48 @@ def test_mode_switch_leaves_no_rules_of_the_other_mode(cluster: Cluster) -> None
                                check=False, timeout=60)
     assert done.returncode == 0, done.stderr
     assert chains() == set()
+
+
+HEALTH_GET = """
+import http.client, json, sys
+connection = http.client.HTTPConnection(sys.argv[1], int(sys.argv[2]), timeout=2.0)
+try:
+    connection.request("GET", "/")
+    response = connection.getresponse()
+    print(json.dumps({"status": response.status, "body": json.loads(response.read())}))
+except OSError as error:
+    print(json.dumps({"error": str(error)}))
+"""
+
+
+def test_health_check_node_port_and_local_policy(cluster: Cluster) -> None:
+    api, lab = cluster.api, cluster.lab
+    local = service("lb-local")
+    local["spec"].update({"type": "LoadBalancer", "externalTrafficPolicy": "Local"})
+    created = api.apply(local)
+    health_port = int(created["spec"]["healthCheckNodePort"])
+    node_port = int(created["spec"]["ports"][0]["nodePort"])
+    assert lab.outside is not None
+    outside = lab.outside
+
+    def health(status: int, local_endpoints: int) -> Callable[[], list[str]]:
+        def check() -> list[str]:
+            done = outside.ns.run([sys.executable, "-c", HEALTH_GET, lab.nodes[0].ip,
+                                   str(health_port)], check=False, timeout=20)
+            answer = json.loads(done.stdout or '{"error": "no output"}')
+            if answer.get("status") == status and (
+                    answer["body"]["localEndpoints"] == local_endpoints):
+                return []
+            return [f"health check of node1 answered {answer}"]
+        return check
+
+    api.apply(endpoint_slice(lab, "lb-local", ["web-1"]))
+    eventually(health(200, 1), "node1 healthy with its local endpoint", CHANGE_LIMIT)
+    answered(cluster, "outside", lab.nodes[0].ip, frozenset({"web-1"}), port=node_port,
+             source_seen=addresses_of("node1"))
+    api.apply(endpoint_slice(lab, "lb-local", ["web-2"]))
+    eventually(health(503, 0), "node1 unhealthy without a local endpoint", CHANGE_LIMIT)
+    # Outside traffic has no local endpoint to go to; this node's pods still reach web-2.
+    reaches(cluster, Flow("outside dropped", "outside", "tcp", lab.nodes[0].ip, node_port,
+                          outcome=TIMEOUT, attempts=1), "eTP Local without local endpoint")
+    answered(cluster, "client-1", lab.nodes[0].ip, frozenset({"web-2"}), port=node_port)
