@@ -63,6 +63,7 @@ def _userspace_proxier(
     from kproxy.modeswitch import remove_iptables_mode
     from kproxy.userspace.limits import RelayLimits, raise_nofile_limit
     from kproxy.userspace.proxier import UserspaceProxier
+    from kproxy.userspace.udpflows import UdpFlowForgetter
 
     if not long_running:
         log.warning("--once in userspace mode: the relays stop, and the portal rules are "
@@ -87,6 +88,7 @@ def _userspace_proxier(
         families=families,
         health=ServiceHealthServer() if long_running else None,
         remove_other_mode=lambda: remove_iptables_mode(backend, families),
+        forget_udp_flows=UdpFlowForgetter() if long_running else None,
     )
 
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 from typing import Protocol as TypingProtocol
 
 from kproxy.clock import Clock
@@ -64,11 +65,19 @@ class ListenerFactory(TypingProtocol):
     async def __call__(self, key: ListenerKey) -> Listener: ...
 
 
+class FlowForgetter(TypingProtocol):
+    """Deletes the UDP conntrack flows redirected to a closed listener (:mod:`.udpflows`)."""
+
+    async def __call__(self, family: IPFamily, listener_port: int,
+                       service_ports: Iterable[int]) -> None: ...
+
+
 @dataclass
 class _Open:
     listener: Listener
     targets: tuple[Target, ...] | None = None  # what it was last given
     affinity_timeout: float | None = None
+    frontend_ports: tuple[int, ...] = ()  # the service port and NodePort redirected to it
 
 
 class UserspaceProxier:
@@ -83,6 +92,7 @@ class UserspaceProxier:
         health: ServiceHealthServer | None = None,
         listener_factory: ListenerFactory | None = None,
         remove_other_mode: Callable[[], CleanupReport] | None = None,
+        forget_udp_flows: FlowForgetter | None = None,
     ) -> None:
         self._config = config
         self._backend = backend
@@ -98,6 +108,7 @@ class UserspaceProxier:
             clock=clock, limits=limits, budget=self._budget, stats=self.stats,
             port_range=port_range)
         self._remove_other_mode = remove_other_mode
+        self._forget_udp_flows = forget_udp_flows
         self._listeners: dict[ListenerKey, _Open] = {}
         self._written: dict[IPFamily, str] = {}
         self._last_full: float | None = None
@@ -116,7 +127,8 @@ class UserspaceProxier:
         full = self._last_full is None or now - self._last_full >= self._config.sync_period
         selections = {family: self._select(family, snapshot) for family in self._families}
         wanted = {
-            selection.key(scope): (selection.targets(scope), selection.affinity_timeout)
+            selection.key(scope): _Wanted(selection.targets(scope), selection.affinity_timeout,
+                                          _frontend_ports(selection))
             for family_selections in selections.values()
             for selection in family_selections
             for scope in selection.scopes()
@@ -133,8 +145,14 @@ class UserspaceProxier:
         if full:
             self._last_full = now
         # No rule points to these any more: close them and release their ports.
-        stale = [key for key in self._listeners if key not in wanted]
-        await asyncio.gather(*(self._listeners.pop(key).listener.close() for key in stale))
+        stale = [(key, self._listeners.pop(key)) for key in list(self._listeners)
+                 if key not in wanted]
+        await asyncio.gather(*(entry.listener.close() for _, entry in stale))
+        if self._forget_udp_flows is not None:
+            for key, entry in stale:
+                if key.name.protocol is Protocol.UDP:
+                    await self._forget_udp_flows(key.family, entry.listener.port,
+                                                 entry.frontend_ports)
         await self._after_sync(snapshot)
         endpoint_count = sum(len(e) for e in snapshot.endpoints.values())
         log.log(
@@ -170,11 +188,9 @@ class UserspaceProxier:
                                           zone=zone))
         return selections
 
-    async def _open_and_update(
-        self, wanted: Mapping[ListenerKey, tuple[tuple[Target, ...], float | None]]
-    ) -> list[str]:
+    async def _open_and_update(self, wanted: Mapping[ListenerKey, _Wanted]) -> list[str]:
         errors: list[str] = []
-        for key, (targets, affinity_timeout) in wanted.items():
+        for key, (targets, affinity_timeout, frontend_ports) in wanted.items():
             entry = self._listeners.get(key)
             if entry is None:
                 try:
@@ -188,6 +204,7 @@ class UserspaceProxier:
             if entry.targets != targets or entry.affinity_timeout != affinity_timeout:
                 entry.listener.update(targets, affinity_timeout)
                 entry.targets, entry.affinity_timeout = targets, affinity_timeout
+            entry.frontend_ports = frontend_ports
         return errors
 
     async def _write(self, family: IPFamily, snapshot: Snapshot,
@@ -233,6 +250,17 @@ class UserspaceProxier:
                 log.warning("removing the portal rules: %s", "; ".join(report.errors))
         if self._health is not None:
             await self._health.close()
+
+
+class _Wanted(NamedTuple):
+    targets: tuple[Target, ...]
+    affinity_timeout: float | None
+    frontend_ports: tuple[int, ...]
+
+
+def _frontend_ports(selection: PortSelection) -> tuple[int, ...]:
+    port = selection.view.port
+    return (port.port,) if port.node_port is None else (port.port, port.node_port)
 
 
 class DataPlaneListeners:

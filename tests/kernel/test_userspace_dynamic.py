@@ -356,3 +356,35 @@ def test_health_check_node_port_and_local_policy(cluster: Cluster) -> None:
     reaches(cluster, Flow("outside dropped", "outside", "tcp", lab.nodes[0].ip, node_port,
                           outcome=TIMEOUT, attempts=1), "eTP Local without local endpoint")
     answered(cluster, "client-1", lab.nodes[0].ip, frozenset({"web-2"}), port=node_port)
+
+
+UDP_SOURCE_PORT = 40054
+
+
+def test_udp_flow_follows_a_new_listener(cluster: Cluster) -> None:
+    """A UDP client that keeps its source port (and so its conntrack flow) reaches the
+    service again after its endpoints went away and came back on a new listener."""
+    api, lab = cluster.api, cluster.lab
+    address = str(api.apply(service("resolver", "UDP", 53))["spec"]["clusterIP"])
+    client = lab.pod("client-1")
+
+    def answers(expected: str | None) -> Callable[[], list[str]]:
+        def check() -> list[str]:
+            results = client.probe("udp", address, 53, count=2, timeout=0.7,
+                                   source_port=UDP_SOURCE_PORT)
+            wanted = expected or REFUSED
+            return [f"udp from :{UDP_SOURCE_PORT}: got "
+                    f"{result.pod if result.ok else result.error}, expected {wanted}"
+                    for result in results
+                    if (result.pod if result.ok else result.error) != wanted]
+        return check
+
+    api.apply(endpoint_slice(lab, "resolver", ["web-1"], "UDP"))
+    eventually(answers("web-1"), "udp answered by web-1", CHANGE_LIMIT)
+    first = cluster.portal_ports("resolver")
+    api.apply(endpoint_slice(lab, "resolver", [], "UDP"))
+    eventually(answers(None), "udp refused without endpoints", CHANGE_LIMIT)
+    api.apply(endpoint_slice(lab, "resolver", ["web-2"], "UDP"))
+    eventually(answers("web-2"), "udp answered by web-2, same source port", CHANGE_LIMIT)
+    assert cluster.portal_ports("resolver") != first  # a new listener, on a new port
+    assert not answers("web-2")()

@@ -6,6 +6,7 @@ portals, and each mode's start removes only the other mode's rules. No root, no 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 
 from kproxy.clock import FakeClock
 from kproxy.config import ProxyConfig
@@ -34,6 +35,7 @@ from kproxy.userspace.limits import RelayLimits
 from kproxy.userspace.proxier import UserspaceProxier
 from kproxy.userspace.selection import ListenerKey, Scope
 from kproxy.userspace.targets import Target
+from kproxy.userspace.udpflows import forget_commands
 
 V4 = IPFamily.IPV4
 CONFIG = ProxyConfig(hostname="node-1", sync_period=30.0)
@@ -257,3 +259,30 @@ async def test_removing_userspace_mode_leaves_iptables_mode() -> None:
     left = set().union(*(world.kernel.kproxy_chains(V4, t) for t in Table))
     assert SERVICES in left and not left & USERSPACE_CHAINS
     assert "userspace" not in world.kernel.save(V4)
+
+
+async def test_closed_udp_listeners_forget_their_conntrack_flows() -> None:
+    world = World()
+    forgotten: list[tuple[IPFamily, int, tuple[int, ...]]] = []
+
+    async def forget(family: IPFamily, port: int, service_ports: Iterable[int]) -> None:
+        forgotten.append((family, port, tuple(service_ports)))
+
+    world.proxier._forget_udp_flows = forget
+    world.tracker.upsert_service(service("dns", "10.96.0.53", ("dns", 53, Protocol.UDP), HTTP))
+    world.tracker.upsert_endpoint_slice(endpoints(
+        "dns", "10.244.1.2", ports=(("dns", Protocol.UDP), ("http", Protocol.TCP))))
+    assert await world.sync()
+    udp = world.listener("dns", Protocol.UDP)
+    world.tracker.delete_service(NamespacedName("default", "dns"))
+    assert await world.sync()
+    assert forgotten == [(V4, udp.port, (53,))]  # the TCP listener has no flows to forget
+
+
+def test_forget_commands_match_the_listener_and_service_ports() -> None:
+    assert forget_commands(IPFamily.IPV6, 41000, (53, 30053, 53)) == [
+        ["conntrack", "-D", "-f", "ipv6", "-p", "udp", "--orig-port-dst", "53",
+         "--reply-port-src", "41000"],
+        ["conntrack", "-D", "-f", "ipv6", "-p", "udp", "--orig-port-dst", "30053",
+         "--reply-port-src", "41000"],
+    ]
