@@ -15,7 +15,7 @@ from kproxy.iptables.cleanup import cleanup, iptables_mode_chain, userspace_mode
 from kproxy.iptables.fake import FakeBackend, FakeIptables
 from kproxy.iptables.plan import IncrementalPlanner, plan_context
 from kproxy.iptables.restore import join_payloads, render_full
-from kproxy.iptables.ruleset import Table
+from kproxy.iptables.ruleset import BuiltinJump, Table
 from kproxy.iptables.staticchains import SERVICES
 from kproxy.model.types import (
     Endpoint,
@@ -30,7 +30,12 @@ from kproxy.model.types import (
     ServiceType,
 )
 from kproxy.state import ResourceKind, StateTracker
-from kproxy.userspace.chains import PORTALS_CONTAINER, PORTALS_HOST, USERSPACE_CHAINS
+from kproxy.userspace.chains import (
+    PORTALS_CONTAINER,
+    PORTALS_HOST,
+    USERSPACE_CHAINS,
+    USERSPACE_JUMPS,
+)
 from kproxy.userspace.limits import RelayLimits
 from kproxy.userspace.proxier import UserspaceProxier
 from kproxy.userspace.selection import ListenerKey, Scope
@@ -82,6 +87,9 @@ class World:
     def remove_other_mode(self) -> object:
         self.other_mode_removals += 1
         return cleanup(self.backend, (V4,), iptables_mode_chain)
+
+    def proxier_jumps(self) -> tuple[BuiltinJump, ...]:
+        return USERSPACE_JUMPS
 
     def nat_rules(self) -> str:
         return self.kernel.save(V4, Table.NAT)
@@ -286,3 +294,23 @@ def test_forget_commands_match_the_listener_and_service_ports() -> None:
         ["conntrack", "-D", "-f", "ipv6", "-p", "udp", "--orig-port-dst", "30053",
          "--reply-port-src", "41000"],
     ]
+
+
+async def test_periodic_full_sync_repairs_flushed_portals_and_jumps() -> None:
+    world = World()
+    world.tracker.upsert_service(service("web", "10.96.0.10", HTTP))
+    world.tracker.upsert_endpoint_slice(endpoints("web", "10.244.1.2"))
+    assert await world.sync()
+    written = world.kernel.rules(V4, Table.NAT, PORTALS_CONTAINER)
+    # Someone flushes the chain and deletes the jump from PREROUTING.
+    world.kernel.apply_restore(V4, f"*nat\n:{PORTALS_CONTAINER} - [0:0]\nCOMMIT\n")
+    jumps = [jump for jump in world.proxier_jumps() if jump.chain == "PREROUTING"]
+    world.backend.remove_jumps(V4, jumps)
+    world.clock._now += 1
+    assert await world.sync()  # a partial sync writes only what changed: nothing
+    assert world.kernel.rules(V4, Table.NAT, PORTALS_CONTAINER) == ()
+    world.clock._now += CONFIG.sync_period
+    assert await world.sync()
+    assert world.kernel.rules(V4, Table.NAT, PORTALS_CONTAINER) == written
+    assert any(PORTALS_CONTAINER in rule for rule in
+               world.kernel.rules(V4, Table.NAT, "PREROUTING"))
