@@ -18,7 +18,7 @@ import logging
 from typing import Any
 
 from kproxy.config.record import ProxyConfig
-from kproxy.iptables.backend import Backend
+from kproxy.iptables.backend import Backend, BackendError
 from kproxy.iptables.cleanup import (
     CleanupReport,
     cleanup,
@@ -26,9 +26,11 @@ from kproxy.iptables.cleanup import (
     userspace_mode_chain,
 )
 from kproxy.iptables.proxier import IptablesProxier
+from kproxy.iptables.ruleset import Table
 from kproxy.model.types import IPFamily
 from kproxy.proxier import SyncResult
 from kproxy.state import Snapshot
+from kproxy.userspace.chains import FILTER_CHAINS, NAT_CHAINS
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,24 @@ def remove_iptables_mode(backend: Backend, families: tuple[IPFamily, ...]) -> Cl
 
 
 def remove_userspace_mode(backend: Backend, families: tuple[IPFamily, ...]) -> CleanupReport:
-    """Remove userspace mode's portals, leaving iptables mode's chains."""
-    return _logged("userspace", cleanup(backend, families, userspace_mode_chain))
+    """Remove userspace mode's portals, leaving iptables mode's chains.
+
+    Every iptables-mode start calls this: a few ``-S CHAIN`` commands tell whether there is
+    anything to remove before the whole ruleset (large at scale) is saved and parsed.
+    """
+    present = tuple(family for family in families if _has_userspace_chains(backend, family))
+    if not present:
+        return CleanupReport()
+    return _logged("userspace", cleanup(backend, present, userspace_mode_chain))
+
+
+def _has_userspace_chains(backend: Backend, family: IPFamily) -> bool:
+    try:
+        return any(backend.chain_exists(family, table, name)
+                   for table, names in ((Table.NAT, NAT_CHAINS), (Table.FILTER, FILTER_CHAINS))
+                   for name in names)
+    except BackendError:
+        return True  # unknown: let the cleanup look
 
 
 def _logged(mode: str, report: CleanupReport) -> CleanupReport:
