@@ -30,8 +30,9 @@ class RelayLimits:
     connect_retries: int = 4
     backoff_initial: float = 0.25
     backoff_maximum: float = 2.0
-    # Bytes per splice pipe (F_SETPIPE_SZ); each relayed connection holds two.
-    pipe_size: int = 65536
+    # Bytes per splice pipe (F_SETPIPE_SZ). A direction holds a pipe only while bytes are in
+    # flight, so this bounds the bytes in flight per direction, not idle memory.
+    pipe_size: int = 262144
     # After this many consecutive dial failures an endpoint is skipped for failure_cooldown.
     failure_threshold: int = 3
     failure_cooldown: float = 10.0
