@@ -74,6 +74,8 @@ class TcpServiceListener(ServiceListener):
             refusal=refusal,
         )
         self._loop = asyncio.get_running_loop()
+        # Carriers passed in may be shared with other listeners: only our own are closed.
+        self._owns_carriers = carriers is None
         self._carriers = carriers or Carriers(limits.pipe_size)
         self._address_family = address_family(family)
         self._timeouts = limits.dial_timeouts()
@@ -267,7 +269,8 @@ class TcpServiceListener(ServiceListener):
             relay.close()
         if self._idle is not None:
             await self._idle.stop()
-        self._carriers.close()
+        if self._owns_carriers:
+            self._carriers.close()
 
 
 class _IdleSweep:

@@ -95,7 +95,18 @@ class BufferPool:
 class _Direction:
     """One way of a relay: bytes from ``src`` to ``dst``."""
 
-    __slots__ = ("_loop", "dst", "dst_fd", "eof", "pending", "relay", "src", "src_fd", "waiting")
+    __slots__ = (
+        "_loop",
+        "dst",
+        "dst_fd",
+        "eof",
+        "pending",
+        "reading",
+        "relay",
+        "src",
+        "src_fd",
+        "waiting",
+    )
 
     def __init__(self, relay: TcpRelay, src: socket.socket, dst: socket.socket) -> None:
         self._loop = relay.loop
@@ -106,10 +117,12 @@ class _Direction:
         self.dst_fd = dst.fileno()
         self.pending = 0  # bytes read from src, not yet written to dst
         self.eof = False  # src sent FIN
-        self.waiting = False  # waiting for dst to drain (src not being read)
+        self.reading = False  # a reader is registered for src
+        self.waiting = False  # a writer is registered for dst (it is full; src not read)
 
     def start(self) -> None:
         self._loop.add_reader(self.src_fd, self.on_readable)
+        self.reading = True
 
     def on_readable(self) -> None:
         raise NotImplementedError
@@ -120,8 +133,10 @@ class _Direction:
     def stop(self) -> None:
         if self.waiting:
             self._loop.remove_writer(self.dst_fd)
-        elif not self.eof:
+            self.waiting = False
+        if self.reading:
             self._loop.remove_reader(self.src_fd)
+            self.reading = False
 
     def release(self) -> None:
         """Give back the carrier (relay closed)."""
@@ -129,6 +144,7 @@ class _Direction:
     def _blocked(self) -> None:
         # dst is full: stop reading src until dst drains.
         self._loop.remove_reader(self.src_fd)
+        self.reading = False
         self._loop.add_writer(self.dst_fd, self.on_writable)
         self.waiting = True
 
@@ -139,9 +155,11 @@ class _Direction:
             self._forward_eof()
         else:
             self._loop.add_reader(self.src_fd, self.on_readable)
+            self.reading = True
 
     def _saw_eof(self) -> None:
         self._loop.remove_reader(self.src_fd)
+        self.reading = False
         self.eof = True
         self._forward_eof()
 
@@ -154,92 +172,20 @@ class _Direction:
         self.relay.direction_finished()
 
 
-class _SpliceDirection(_Direction):
-    __slots__ = ("_pool", "pipe")
-
-    def __init__(
-        self, relay: TcpRelay, src: socket.socket, dst: socket.socket, pool: PipePool
-    ) -> None:
-        super().__init__(relay, src, dst)
-        self._pool = pool
-        self.pipe: tuple[int, int] | None = None
-
-    def on_readable(self) -> None:
-        self.relay.active = True
-        pool = self._pool
-        pipe = self.pipe
-        if pipe is None:
-            pipe = self.pipe = pool.get()
-        for _ in range(_READS_PER_WAKEUP):
-            try:
-                count = os.splice(self.src_fd, pipe[1], pool.size, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                break
-            except OSError:
-                self.relay.abort()
-                return
-            if count == 0:
-                pool.put(pipe)
-                self.pipe = None
-                self._saw_eof()
-                return
-            self.pending = count
-            if not self._flush(pipe, registered=False):
-                return  # dst is full: waiting for it, the pipe still holds bytes
-            if count < pool.size:
-                break  # src is most likely drained: do not pay for a read that finds nothing
-        pool.put(pipe)
-        self.pipe = None
-
-    def on_writable(self) -> None:
-        self.relay.active = True
-        assert self.pipe is not None
-        self._flush(self.pipe, registered=True)
-
-    def _flush(self, pipe: tuple[int, int], registered: bool) -> bool:
-        """Move the pipe's bytes to dst; False if dst filled up first (now waited for)."""
-        stats = self.relay.stats
-        while self.pending:
-            try:
-                count = os.splice(pipe[0], self.dst_fd, self.pending, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                if not registered:
-                    self._blocked()
-                return False
-            except OSError:
-                self.relay.abort()
-                return False
-            self.pending -= count
-            stats.bytes_relayed += count
-        if registered:
-            self._pool.put(pipe)
-            self.pipe = None
-            self._unblocked()
-        return True
-
-    def release(self) -> None:
-        if self.pipe is not None:
-            if self.pending:
-                self._pool.discard(self.pipe)
-            else:
-                self._pool.put(self.pipe)
-            self.pipe = None
-
-
 class _CopyDirection(_Direction):
-    __slots__ = ("_pool", "buffer", "offset")
+    __slots__ = ("_buffers", "buffer", "offset")
 
     def __init__(
-        self, relay: TcpRelay, src: socket.socket, dst: socket.socket, pool: BufferPool
+        self, relay: TcpRelay, src: socket.socket, dst: socket.socket, buffers: BufferPool
     ) -> None:
         super().__init__(relay, src, dst)
-        self._pool = pool
+        self._buffers = buffers
         self.buffer: memoryview | None = None
         self.offset = 0
 
     def on_readable(self) -> None:
         self.relay.active = True
-        pool = self._pool
+        pool = self._buffers
         buffer = self.buffer
         if buffer is None:
             buffer = self.buffer = pool.get()
@@ -286,15 +232,103 @@ class _CopyDirection(_Direction):
             self.offset += count
             stats.bytes_relayed += count
         if registered:
-            self._pool.put(buffer)
+            self._buffers.put(buffer)
             self.buffer = None
             self._unblocked()
         return True
 
     def release(self) -> None:
         if self.buffer is not None:
-            self._pool.put(self.buffer)
+            self._buffers.put(self.buffer)
             self.buffer = None
+
+
+class _SpliceDirection(_CopyDirection):
+    """Splices through a pipe; when no pipe can be made (out of descriptors), copies
+    through a buffer instead, which needs no descriptor, so connections keep moving (and
+    closing, which frees descriptors) rather than all waiting for one another."""
+
+    __slots__ = ("_pool", "pipe")
+
+    def __init__(
+        self,
+        relay: TcpRelay,
+        src: socket.socket,
+        dst: socket.socket,
+        buffers: BufferPool,
+        pipes: PipePool,
+    ) -> None:
+        super().__init__(relay, src, dst, buffers)
+        self._pool = pipes
+        self.pipe: tuple[int, int] | None = None
+
+    def on_readable(self) -> None:
+        self.relay.active = True
+        pool = self._pool
+        pipe = self.pipe
+        if pipe is None:
+            try:
+                pipe = self.pipe = pool.get()
+            except OSError:
+                super().on_readable()
+                return
+        for _ in range(_READS_PER_WAKEUP):
+            try:
+                count = os.splice(self.src_fd, pipe[1], pool.size, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                break
+            except OSError:
+                self.relay.abort()
+                return
+            if count == 0:
+                pool.put(pipe)
+                self.pipe = None
+                self._saw_eof()
+                return
+            self.pending = count
+            if not self._flush_pipe(pipe, registered=False):
+                return  # dst is full: waiting for it, the pipe still holds bytes
+            if count < pool.size:
+                break  # src is most likely drained: do not pay for a read that finds nothing
+        pool.put(pipe)
+        self.pipe = None
+
+    def on_writable(self) -> None:
+        if self.pipe is None:
+            super().on_writable()  # the bytes waiting are in a buffer
+            return
+        self.relay.active = True
+        self._flush_pipe(self.pipe, registered=True)
+
+    def _flush_pipe(self, pipe: tuple[int, int], registered: bool) -> bool:
+        """Move the pipe's bytes to dst; False if dst filled up first (now waited for)."""
+        stats = self.relay.stats
+        while self.pending:
+            try:
+                count = os.splice(pipe[0], self.dst_fd, self.pending, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                if not registered:
+                    self._blocked()
+                return False
+            except OSError:
+                self.relay.abort()
+                return False
+            self.pending -= count
+            stats.bytes_relayed += count
+        if registered:
+            self._pool.put(pipe)
+            self.pipe = None
+            self._unblocked()
+        return True
+
+    def release(self) -> None:
+        super().release()
+        if self.pipe is not None:
+            if self.pending:
+                self._pool.discard(self.pipe)
+            else:
+                self._pool.put(self.pipe)
+            self.pipe = None
 
 
 class Carriers:
@@ -359,8 +393,8 @@ class TcpRelay:
         self._finished = 0
         if carriers.use_splice:
             self._directions: tuple[_Direction, _Direction] = (
-                _SpliceDirection(self, client, upstream, carriers.pipes),
-                _SpliceDirection(self, upstream, client, carriers.pipes),
+                _SpliceDirection(self, client, upstream, carriers.buffers, carriers.pipes),
+                _SpliceDirection(self, upstream, client, carriers.buffers, carriers.pipes),
             )
         else:
             self._directions = (

@@ -132,7 +132,7 @@ class UdpServiceListener(ServiceListener):
                     continue
             session.active = True
             try:
-                session.sock.send(buffer[:size])
+                self._stats.bytes_relayed += session.sock.send(buffer[:size])
             except BlockingIOError:
                 pass  # the endpoint's socket buffer is full: dropped, as the network would
             except ConnectionRefusedError:
@@ -190,10 +190,11 @@ class UdpServiceListener(ServiceListener):
                 self._close_session(session)
                 return
             session.active = True
-            self._stats.bytes_relayed += size
             # Per datagram, so no contextlib.suppress (a context manager each time).
             try:  # noqa: SIM105
-                self._sock.sendmsg([buffer[:size]], session.pktinfo, 0, session.client)
+                self._stats.bytes_relayed += self._sock.sendmsg(
+                    [buffer[:size]], session.pktinfo, 0, session.client
+                )
             except OSError:
                 pass  # the client's side is full or gone: the reply is dropped
 
