@@ -24,7 +24,8 @@ match cannot share one rule.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from kproxy.iptables.context import PlanContext, firewall_node_ip
 from kproxy.iptables.localdetect import with_source_match
@@ -44,7 +45,7 @@ NODEPORTS_COMMENT = "kproxy userspace nodeports"
 
 
 class _Rules:
-    """The rules of every chain, filled port by port."""
+    """Rules of every chain, filled port by port."""
 
     def __init__(self) -> None:
         self.container: list[str] = []
@@ -54,6 +55,30 @@ class _Rules:
         self.filter: list[str] = []
 
 
+@dataclass(frozen=True, slots=True)
+class PortRules:
+    """One service port's share of each chain; a sync reuses it while its inputs hold."""
+
+    container: tuple[str, ...] = ()
+    host: tuple[str, ...] = ()
+    nodeport_container: tuple[str, ...] = ()
+    nodeport_host: tuple[str, ...] = ()
+    filter: tuple[str, ...] = ()
+
+
+def plan_port(selection: PortSelection, ports: Mapping[ListenerKey, int],
+              context: PlanContext) -> PortRules:
+    """The rules of one port; ``ports`` holds (at least) its listeners' ports."""
+    if selection.view.family is not context.family:
+        raise ValueError(f"{selection.view.name_text}: a {selection.view.family} port "
+                         f"in the {context.family} plan")
+    rules = _Rules()
+    _PortRules(selection, ports, context, rules).add()
+    return PortRules(tuple(rules.container), tuple(rules.host),
+                     tuple(rules.nodeport_container), tuple(rules.nodeport_host),
+                     tuple(rules.filter))
+
+
 def plan_portals(
     selections: Iterable[PortSelection],
     ports: Mapping[ListenerKey, int],
@@ -61,20 +86,24 @@ def plan_portals(
 ) -> Ruleset:
     """The family's userspace ruleset. ``ports`` holds the port of every listener that
     ``selections`` name (a selection whose listener is missing is not redirected)."""
-    rules = _Rules()
-    for selection in selections:
-        if selection.view.family is not context.family:
-            raise ValueError(f"{selection.view.name_text}: a {selection.view.family} port "
-                             f"in the {context.family} plan")
-        _PortRules(selection, ports, context, rules).add()
+    return assemble_portals([plan_port(selection, ports, context) for selection in selections],
+                            context)
+
+
+def assemble_portals(ports: Sequence[PortRules], context: PlanContext) -> Ruleset:
+    """The family's ruleset from every port's rules, in the order given."""
+    def joined(part: Callable[[PortRules], tuple[str, ...]]) -> list[str]:
+        return [rule for port in ports for rule in part(port)]
+
     nat = (
-        Chain(PORTALS_CONTAINER,
-              (*rules.container, *_nodeport_entry_rules(context, NODEPORT_CONTAINER))),
-        Chain(PORTALS_HOST, (*rules.host, *_nodeport_entry_rules(context, NODEPORT_HOST))),
-        Chain(NODEPORT_CONTAINER, tuple(rules.nodeport_container)),
-        Chain(NODEPORT_HOST, tuple(rules.nodeport_host)),
+        Chain(PORTALS_CONTAINER, (*joined(lambda p: p.container),
+                                  *_nodeport_entry_rules(context, NODEPORT_CONTAINER))),
+        Chain(PORTALS_HOST, (*joined(lambda p: p.host),
+                             *_nodeport_entry_rules(context, NODEPORT_HOST))),
+        Chain(NODEPORT_CONTAINER, tuple(joined(lambda p: p.nodeport_container))),
+        Chain(NODEPORT_HOST, tuple(joined(lambda p: p.nodeport_host))),
     )
-    filter_chains = (Chain(PORTALS_FILTER, tuple(rules.filter)),)
+    filter_chains = (Chain(PORTALS_FILTER, tuple(joined(lambda p: p.filter))),)
     return Ruleset(
         context.family,
         {

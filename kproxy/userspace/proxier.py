@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 from typing import Protocol as TypingProtocol
 
@@ -32,14 +32,14 @@ from kproxy.healthcheck import ServiceHealthServer
 from kproxy.healthcheck_status import health_check_ports, local_ready_endpoint_counts
 from kproxy.iptables.backend import Backend, BackendError
 from kproxy.iptables.cleanup import CleanupReport, cleanup, userspace_mode_chain
-from kproxy.iptables.context import plan_context
+from kproxy.iptables.context import PlanContext, plan_context
 from kproxy.iptables.restore import render_full
 from kproxy.iptables.serviceview import family_endpoints, family_view
-from kproxy.model.types import IPFamily, Protocol, ServicePortName
+from kproxy.model.types import Endpoint, IPFamily, Protocol, ServicePort, ServicePortName
 from kproxy.proxier import SyncResult
 from kproxy.state import Snapshot
 from kproxy.userspace.limits import ConnectionBudget, RelayLimits
-from kproxy.userspace.portal import plan_portals
+from kproxy.userspace.portal import PortRules, assemble_portals, plan_port
 from kproxy.userspace.ports import PortRange
 from kproxy.userspace.selection import ListenerKey, PortSelection, select_port
 from kproxy.userspace.stats import UserspaceStats
@@ -111,6 +111,7 @@ class UserspaceProxier:
         self._forget_udp_flows = forget_udp_flows
         self._listeners: dict[ListenerKey, _Open] = {}
         self._written: dict[IPFamily, str] = {}
+        self._plans: dict[IPFamily, _FamilyPlans] = {}
         self._last_full: float | None = None
         self._skipped_protocols: set[ServicePortName] = set()
         self._closed = False
@@ -127,11 +128,10 @@ class UserspaceProxier:
         full = self._last_full is None or now - self._last_full >= self._config.sync_period
         selections = {family: self._select(family, snapshot) for family in self._families}
         wanted = {
-            selection.key(scope): _Wanted(selection.targets(scope), selection.affinity_timeout,
-                                          _frontend_ports(selection))
-            for family_selections in selections.values()
-            for selection in family_selections
-            for scope in selection.scopes()
+            key: want
+            for family in self._families
+            for selection in selections[family]
+            for key, want in self._plans[family].ports[selection.view.name].wanted
         }
         errors = await self._open_and_update(wanted)
         try:
@@ -169,24 +169,46 @@ class UserspaceProxier:
         return SyncResult(True, full, len(snapshot.services), endpoint_count)
 
     def _select(self, family: IPFamily, snapshot: Snapshot) -> list[PortSelection]:
+        """Every relayed port's selection in ``family``, in name order; a port whose
+        service and endpoints are the objects (or equal to those) of the last sync keeps
+        its selection, and with it its planned rules."""
         node = snapshot.node
         zone = (node.zone or "") if node is not None else ""
+        plans = self._plans.setdefault(family, _FamilyPlans())
+        if plans.names is None or plans.names != snapshot.services.keys():
+            plans.names = set(snapshot.services)
+            plans.order = sorted(snapshot.services)
+            plans.ports = {name: plans.ports[name] for name in plans.order
+                           if name in plans.ports}
         selections: list[PortSelection] = []
-        for name in sorted(snapshot.services):
+        for name in plans.order:
             port = snapshot.services[name]
-            if port.protocol not in RELAYED_PROTOCOLS:
-                if name not in self._skipped_protocols:
-                    self._skipped_protocols.add(name)
-                    log.warning("%s: %s is not supported in userspace mode; not forwarded",
-                                name, port.protocol.value)
+            endpoints = snapshot.endpoints_of(name)
+            cached = plans.ports.get(name)
+            if cached is not None and (cached.port is port or cached.port == port) and (
+                    cached.endpoints is endpoints or cached.endpoints == endpoints):
+                if cached.selection is not None:
+                    selections.append(cached.selection)
                 continue
-            view = family_view(port, family)
-            if view is None:
-                continue
-            endpoints = family_endpoints(snapshot.endpoints_of(name), family)
-            selections.append(select_port(view, endpoints, node_name=self._config.hostname,
-                                          zone=zone))
+            selection = self._select_port(family, name, port, endpoints, zone)
+            plans.ports[name] = _PortPlan(port, endpoints, selection, _wanted(selection))
+            if selection is not None:
+                selections.append(selection)
         return selections
+
+    def _select_port(self, family: IPFamily, name: ServicePortName, port: ServicePort,
+                     endpoints: tuple[Endpoint, ...], zone: str) -> PortSelection | None:
+        if port.protocol not in RELAYED_PROTOCOLS:
+            if name not in self._skipped_protocols:
+                self._skipped_protocols.add(name)
+                log.warning("%s: %s is not supported in userspace mode; not forwarded",
+                            name, port.protocol.value)
+            return None
+        view = family_view(port, family)
+        if view is None:
+            return None
+        return select_port(view, family_endpoints(endpoints, family),
+                           node_name=self._config.hostname, zone=zone)
 
     async def _open_and_update(self, wanted: Mapping[ListenerKey, _Wanted]) -> list[str]:
         errors: list[str] = []
@@ -210,9 +232,23 @@ class UserspaceProxier:
     async def _write(self, family: IPFamily, snapshot: Snapshot,
                      selections: list[PortSelection], full: bool) -> None:
         context = plan_context(self._config, snapshot.node, family)
-        ports = {key: entry.listener.port for key, entry in self._listeners.items()
-                 if key.family is family}
-        ruleset = plan_portals(selections, ports, context)
+        plans = self._plans[family]
+        if plans.context != context:
+            plans.context = context
+            for cached in plans.ports.values():
+                cached.rules = None
+        listeners = self._listeners
+        port_rules: list[PortRules] = []
+        for selection in selections:
+            cached = plans.ports[selection.view.name]
+            ports = {key: listeners[key].listener.port for key, _ in cached.wanted
+                     if key in listeners}
+            listener_ports = tuple(ports.values())
+            if cached.rules is None or cached.listener_ports != listener_ports:
+                cached.rules = plan_port(selection, ports, context)
+                cached.listener_ports = listener_ports
+            port_rules.append(cached.rules)
+        ruleset = assemble_portals(port_rules, context)
         payloads = render_full(ruleset)
         text = "".join(payloads.values())
         if not full and self._written.get(family) == text:
@@ -252,15 +288,41 @@ class UserspaceProxier:
             await self._health.close()
 
 
+@dataclass
+class _PortPlan:
+    """One port's last selection and rules, with the inputs they were made from."""
+
+    port: ServicePort
+    endpoints: tuple[Endpoint, ...]
+    selection: PortSelection | None  # None: not relayed in this family
+    wanted: tuple[tuple[ListenerKey, _Wanted], ...]  # its listeners and what they get
+    listener_ports: tuple[int, ...] = ()
+    rules: PortRules | None = None
+
+
+@dataclass
+class _FamilyPlans:
+    names: set[ServicePortName] | None = None
+    order: list[ServicePortName] = field(default_factory=list)
+    ports: dict[ServicePortName, _PortPlan] = field(default_factory=dict)
+    context: PlanContext | None = None
+
+
 class _Wanted(NamedTuple):
     targets: tuple[Target, ...]
     affinity_timeout: float | None
     frontend_ports: tuple[int, ...]
 
 
-def _frontend_ports(selection: PortSelection) -> tuple[int, ...]:
+def _wanted(selection: PortSelection | None) -> tuple[tuple[ListenerKey, _Wanted], ...]:
+    if selection is None:
+        return ()
     port = selection.view.port
-    return (port.port,) if port.node_port is None else (port.port, port.node_port)
+    frontend_ports = (port.port,) if port.node_port is None else (port.port, port.node_port)
+    return tuple(
+        (selection.key(scope),
+         _Wanted(selection.targets(scope), selection.affinity_timeout, frontend_ports))
+        for scope in selection.scopes())
 
 
 class DataPlaneListeners:

@@ -21,7 +21,7 @@ the service has no usable endpoint at all, DROP when it has some but none on thi
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kproxy.iptables.rulesyntax import reject_target
 from kproxy.iptables.serviceview import FamilyServicePort
@@ -42,6 +42,14 @@ class ListenerKey:
     name: ServicePortName
     family: IPFamily
     scope: Scope
+    # Every sync looks up every listener: the hash is computed once, not per lookup.
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.name, self.family, self.scope)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __str__(self) -> str:
         return f"{self.name}/{self.family.value}/{self.scope.value}"
@@ -70,6 +78,10 @@ class PortSelection:
         """The listeners this port needs, in a stable order."""
         used = {self.internal, self.external, self.external_from_node}
         return tuple(scope for scope in Scope if scope in used)
+
+    def keys(self) -> tuple[ListenerKey, ...]:
+        """The keys of the listeners this port needs, in the order of :meth:`scopes`."""
+        return tuple(self.key(scope) for scope in self.scopes())
 
     def targets(self, scope: Scope) -> tuple[Target, ...]:
         return self.cluster_targets if scope is Scope.CLUSTER else self.local_targets
