@@ -16,6 +16,7 @@ from kproxy.iptables.fake import FakeBackend, FakeIptables
 from kproxy.iptables.plan import IncrementalPlanner, plan_context
 from kproxy.iptables.restore import join_payloads, render_full
 from kproxy.iptables.ruleset import BuiltinJump, Table
+from kproxy.iptables.serviceview import family_view
 from kproxy.iptables.staticchains import SERVICES
 from kproxy.model.types import (
     Endpoint,
@@ -37,8 +38,9 @@ from kproxy.userspace.chains import (
     USERSPACE_JUMPS,
 )
 from kproxy.userspace.limits import RelayLimits
+from kproxy.userspace.portal import plan_portals
 from kproxy.userspace.proxier import UserspaceProxier
-from kproxy.userspace.selection import ListenerKey, Scope
+from kproxy.userspace.selection import ListenerKey, Scope, select_port
 from kproxy.userspace.targets import Target
 from kproxy.userspace.udpflows import forget_commands
 
@@ -314,3 +316,39 @@ async def test_periodic_full_sync_repairs_flushed_portals_and_jumps() -> None:
     assert world.kernel.rules(V4, Table.NAT, PORTALS_CONTAINER) == written
     assert any(PORTALS_CONTAINER in rule for rule in
                world.kernel.rules(V4, Table.NAT, "PREROUTING"))
+
+
+def fresh_plan(world: World) -> str:
+    """The nat and filter rules a plan from scratch of the current snapshot gives, with the
+    proxier's listener ports."""
+    snapshot = world.tracker.snapshot()
+    selections = []
+    for name in sorted(snapshot.services):
+        view = family_view(snapshot.services[name], V4)
+        assert view is not None
+        selections.append(select_port(view, snapshot.endpoints_of(name), node_name="node-1",
+                                      zone=""))
+    ruleset = plan_portals(selections, world.proxier.listener_ports,
+                           plan_context(CONFIG, snapshot.node, V4))
+    return join_payloads(render_full(ruleset))
+
+
+async def test_reused_plans_equal_a_plan_from_scratch_after_changes() -> None:
+    world = World()
+    for index in range(12):
+        world.tracker.upsert_service(service(f"s{index}", f"10.96.0.{index + 10}", HTTP))
+        world.tracker.upsert_endpoint_slice(endpoints(f"s{index}", f"10.244.1.{index + 2}"))
+    assert await world.sync()
+    assert world.proxier._written[V4] == fresh_plan(world)
+    world.tracker.upsert_endpoint_slice(endpoints("s3", "10.244.2.3", "10.244.2.4"))
+    world.tracker.upsert_service(service("s5", "10.96.0.15", ("http", 8080, Protocol.TCP)))
+    world.tracker.delete_service(NamespacedName("default", "s7"))
+    world.tracker.upsert_endpoint_slice(endpoints("s9"))
+    world.tracker.upsert_service(service("new", "10.96.1.1", HTTP))
+    world.tracker.upsert_endpoint_slice(endpoints("new", "10.244.3.3"))
+    world.clock._now += 1
+    assert await world.sync()
+    assert world.proxier._written[V4] == fresh_plan(world)
+    assert world.kernel.rules(V4, Table.NAT, PORTALS_CONTAINER) == tuple(
+        line.removeprefix(f"-A {PORTALS_CONTAINER} ") for line in fresh_plan(world).splitlines()
+        if line.startswith(f"-A {PORTALS_CONTAINER} "))
