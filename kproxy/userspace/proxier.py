@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 from typing import Protocol as TypingProtocol
@@ -112,6 +112,8 @@ class UserspaceProxier:
         self._listeners: dict[ListenerKey, _Open] = {}
         self._written: dict[IPFamily, str] = {}
         self._plans: dict[IPFamily, _FamilyPlans] = {}
+        self._wanted: dict[ListenerKey, _Wanted] = {}  # every listener a plan asks for
+        self._replan_all = True
         self._last_full: float | None = None
         self._skipped_protocols: set[ServicePortName] = set()
         self._closed = False
@@ -126,27 +128,29 @@ class UserspaceProxier:
         started = time.perf_counter()
         now = self._clock.monotonic()
         full = self._last_full is None or now - self._last_full >= self._config.sync_period
-        selections = {family: self._select(family, snapshot) for family in self._families}
-        wanted = {
-            key: want
-            for family in self._families
-            for selection in selections[family]
-            for key, want in self._plans[family].ports[selection.view.name].wanted
-        }
-        errors = await self._open_and_update(wanted)
+        # Only the changed ports are looked at, unless anything could be stale.
+        only = None if full or snapshot.node_changed or self._replan_all else snapshot.changed
+        touched: dict[ListenerKey, _Wanted] = {}
+        dropped: set[ListenerKey] = set()
+        for family in self._families:
+            self._select(family, snapshot, only, touched, dropped)
+        errors = await self._open_and_update(touched)
+        self._replan_all = bool(errors)
         try:
             for family in self._families:
-                await self._write(family, snapshot, selections[family], full)
+                await self._write(family, snapshot, full)
         except (BackendError, OSError, ValueError) as error:
             self._written.clear()  # unknown what the kernel holds now: write again next time
+            self._replan_all = True
             message = f"{type(error).__name__}: {error}"
             self.last_error = message
             return SyncResult(False, full, len(snapshot.services), 0, error=message)
         if full:
             self._last_full = now
         # No rule points to these any more: close them and release their ports.
-        stale = [(key, self._listeners.pop(key)) for key in list(self._listeners)
-                 if key not in wanted]
+        candidates = self._listeners if only is None else dropped
+        stale = [(key, self._listeners.pop(key)) for key in list(candidates)
+                 if key not in self._wanted and key in self._listeners]
         await asyncio.gather(*(entry.listener.close() for _, entry in stale))
         if self._forget_udp_flows is not None:
             for key, entry in stale:
@@ -168,33 +172,57 @@ class UserspaceProxier:
                               error=self.last_error)
         return SyncResult(True, full, len(snapshot.services), endpoint_count)
 
-    def _select(self, family: IPFamily, snapshot: Snapshot) -> list[PortSelection]:
-        """Every relayed port's selection in ``family``, in name order; a port whose
-        service and endpoints are the objects (or equal to those) of the last sync keeps
-        its selection, and with it its planned rules."""
+    def _select(self, family: IPFamily, snapshot: Snapshot,
+                only: Collection[ServicePortName] | None,
+                touched: dict[ListenerKey, _Wanted], dropped: set[ListenerKey]) -> None:
+        """Bring ``family``'s port plans up to date with ``snapshot``: every port (``only``
+        None), or the ports in ``only``. A port whose service and endpoints are the objects
+        (or equal to those) of its plan keeps it, and with it its planned rules. The
+        listeners of (re)planned ports go to ``touched``, those no longer wanted by a port
+        to ``dropped``."""
         node = snapshot.node
         zone = (node.zone or "") if node is not None else ""
         plans = self._plans.setdefault(family, _FamilyPlans())
-        if plans.names is None or plans.names != snapshot.services.keys():
-            plans.names = set(snapshot.services)
-            plans.order = sorted(snapshot.services)
-            plans.ports = {name: plans.ports[name] for name in plans.order
-                           if name in plans.ports}
-        selections: list[PortSelection] = []
-        for name in plans.order:
-            port = snapshot.services[name]
-            endpoints = snapshot.endpoints_of(name)
+        if zone != plans.zone:
+            # Topology hints are read against the node's zone: no selection still holds.
+            plans.zone = zone
+            for cached_plan in plans.ports.values():
+                cached_plan.port = None
+            only = None
+        names: Iterable[ServicePortName] = snapshot.services if only is None else only
+        membership_changed = False
+        if only is None:
+            for name in [name for name in plans.ports if name not in snapshot.services]:
+                self._forget_plan(plans.ports.pop(name), dropped)
+                membership_changed = True
+        for name in names:
+            port = snapshot.services.get(name)
             cached = plans.ports.get(name)
+            if port is None:
+                if cached is not None:
+                    self._forget_plan(plans.ports.pop(name), dropped)
+                    membership_changed = True
+                continue
+            endpoints = snapshot.endpoints_of(name)
             if cached is not None and (cached.port is port or cached.port == port) and (
                     cached.endpoints is endpoints or cached.endpoints == endpoints):
-                if cached.selection is not None:
-                    selections.append(cached.selection)
+                touched.update(cached.wanted)
                 continue
+            if cached is None:
+                membership_changed = True
+            else:
+                self._forget_plan(cached, dropped)
             selection = self._select_port(family, name, port, endpoints, zone)
-            plans.ports[name] = _PortPlan(port, endpoints, selection, _wanted(selection))
-            if selection is not None:
-                selections.append(selection)
-        return selections
+            plan = plans.ports[name] = _PortPlan(port, endpoints, selection, _wanted(selection))
+            self._wanted.update(plan.wanted)
+            touched.update(plan.wanted)
+        if membership_changed or len(plans.order) != len(plans.ports):
+            plans.order = sorted(plans.ports)
+
+    def _forget_plan(self, plan: _PortPlan, dropped: set[ListenerKey]) -> None:
+        for key, _ in plan.wanted:
+            self._wanted.pop(key, None)
+            dropped.add(key)
 
     def _select_port(self, family: IPFamily, name: ServicePortName, port: ServicePort,
                      endpoints: tuple[Endpoint, ...], zone: str) -> PortSelection | None:
@@ -229,8 +257,7 @@ class UserspaceProxier:
             entry.frontend_ports = frontend_ports
         return errors
 
-    async def _write(self, family: IPFamily, snapshot: Snapshot,
-                     selections: list[PortSelection], full: bool) -> None:
+    async def _write(self, family: IPFamily, snapshot: Snapshot, full: bool) -> None:
         context = plan_context(self._config, snapshot.node, family)
         plans = self._plans[family]
         if plans.context != context:
@@ -239,8 +266,11 @@ class UserspaceProxier:
                 cached.rules = None
         listeners = self._listeners
         port_rules: list[PortRules] = []
-        for selection in selections:
-            cached = plans.ports[selection.view.name]
+        for name in plans.order:
+            cached = plans.ports[name]
+            selection = cached.selection
+            if selection is None:
+                continue
             ports = {key: listeners[key].listener.port for key, _ in cached.wanted
                      if key in listeners}
             listener_ports = tuple(ports.values())
@@ -292,7 +322,7 @@ class UserspaceProxier:
 class _PortPlan:
     """One port's last selection and rules, with the inputs they were made from."""
 
-    port: ServicePort
+    port: ServicePort | None  # None: to be planned again
     endpoints: tuple[Endpoint, ...]
     selection: PortSelection | None  # None: not relayed in this family
     wanted: tuple[tuple[ListenerKey, _Wanted], ...]  # its listeners and what they get
@@ -302,8 +332,8 @@ class _PortPlan:
 
 @dataclass
 class _FamilyPlans:
-    names: set[ServicePortName] | None = None
-    order: list[ServicePortName] = field(default_factory=list)
+    order: list[ServicePortName] = field(default_factory=list)  # the ports' names, sorted
+    zone: str | None = None  # the node's zone the selections were made for
     ports: dict[ServicePortName, _PortPlan] = field(default_factory=dict)
     context: PlanContext | None = None
 

@@ -24,6 +24,7 @@ from kproxy.model.types import (
     EndpointSlicePort,
     IPFamily,
     NamespacedName,
+    NodeInfo,
     Protocol,
     ServiceInfo,
     ServicePort,
@@ -352,3 +353,24 @@ async def test_reused_plans_equal_a_plan_from_scratch_after_changes() -> None:
     assert world.kernel.rules(V4, Table.NAT, PORTALS_CONTAINER) == tuple(
         line.removeprefix(f"-A {PORTALS_CONTAINER} ") for line in fresh_plan(world).splitlines()
         if line.startswith(f"-A {PORTALS_CONTAINER} "))
+
+
+async def test_a_node_zone_change_reselects_by_topology_hints() -> None:
+    world = World()
+    world.tracker.upsert_service(service("web", "10.96.0.10", HTTP))
+    world.tracker.upsert_endpoint_slice(EndpointSliceInfo(
+        "default", "web-1", "web", V4, (EndpointSlicePort("http", 8080, Protocol.TCP),),
+        (Endpoint("10.244.1.2", 0, node_name="node-1", zone_hints=frozenset({"zone-a"})),
+         Endpoint("10.244.2.2", 0, node_name="node-2", zone_hints=frozenset({"zone-b"})))))
+
+    def in_zone(zone: str) -> NodeInfo:
+        return NodeInfo("node-1", labels=(("topology.kubernetes.io/zone", zone),))
+
+    world.tracker.set_node(in_zone("zone-a"))
+    assert await world.sync()
+    listener = world.listener("web")
+    assert listener.updates[-1][0] == (Target("10.244.1.2", 8080),)
+    world.tracker.set_node(in_zone("zone-b"))
+    world.clock._now += 1
+    assert await world.sync()
+    assert listener.updates[-1][0] == (Target("10.244.2.2", 8080),)
