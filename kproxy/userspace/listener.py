@@ -40,7 +40,6 @@ _BACKLOG = 4096
 _TRANSIENT_ACCEPT_ERRORS = frozenset(
     {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN, errno.EHOSTUNREACH}
 )
-_RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # After running out of descriptors, accepting resumes after this (or when one closes).
 RESOURCE_PAUSE = 0.1
 
@@ -134,12 +133,12 @@ class TcpServiceListener(ServiceListener):
             except BlockingIOError:
                 return
             except OSError as error:
-                if error.errno in _RESOURCE_ERRORS:
-                    self._pause_for_resources(error)
-                    return
                 if error.errno in _TRANSIENT_ACCEPT_ERRORS:
                     continue
-                raise
+                # Out of descriptors or memory (or anything unforeseen): pause and retry
+                # rather than spin on a listening socket that stays readable.
+                self._pause_for_resources(error)
+                return
             self._admit(client, address[0])
             if self._over_cap():
                 return
