@@ -254,6 +254,14 @@ def wrk(port: int, seconds: int, *, close: bool, pace_ms: int = 0) -> tuple[floa
     return float(rate.group(1)), float(p99.group(1)) * _UNITS[p99.group(2)]
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time a process has used so far (0 for the direct path: no relay)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -357,7 +365,7 @@ def inner(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="kproxy-bench-"))
     results: dict[str, dict[str, list[float]]] = {
         name: {path: [] for path in (*PATHS, "kproxy-copy")}
-        for name in ("bulk", "rr", "p99", "cps")
+        for name in ("bulk", "rr", "p99", "cps", "cpu_bulk", "cpu_rr", "cpu_cps")
     }
     try:
         iperf_port, http_port = free_port(), free_port()
@@ -366,11 +374,15 @@ def inner(args: argparse.Namespace) -> None:
         procs.start(["haproxy", "-q", "-db", "-f", str(haproxy_config(workdir, {}, http_port))])
         wait_listening(iperf_port)
         wait_listening(http_port)
-        _, (k_iperf, k_http) = start_relay(procs, [iperf_port, http_port], args.pipe_size)
-        _, (c_iperf,) = start_relay(procs, [iperf_port], args.pipe_size, use_splice=False)
+        k_relay, (k_iperf, k_http) = start_relay(procs, [iperf_port, http_port], args.pipe_size)
+        c_relay, (c_iperf,) = start_relay(procs, [iperf_port], args.pipe_size, use_splice=False)
         h_iperf, h_http = free_port(), free_port()
         config = haproxy_config(workdir, {h_iperf: iperf_port, h_http: http_port}, None)
-        procs.start(["haproxy", "-q", "-db", "-f", str(config)])
+        h_relay = procs.start(["haproxy", "-q", "-db", "-f", str(config)])
+        # The relaying process of each path, whose CPU time per unit of work is measured:
+        # a figure that the machine's other load disturbs far less than rates do.
+        relay_pid: dict[str, int | None] = {"direct": None, "kproxy": k_relay.pid,
+                                            "haproxy": h_relay.pid, "kproxy-copy": c_relay.pid}
         wait_listening(h_iperf)
         bulk_ports = {"direct": iperf_port, "kproxy": k_iperf, "haproxy": h_iperf,
                       "kproxy-copy": c_iperf}
@@ -379,15 +391,26 @@ def inner(args: argparse.Namespace) -> None:
             # Rotate the order so that no path always runs first (or last) in a run.
             order = list(PATHS[run % 3:] + PATHS[: run % 3])
             for path in [*order, "kproxy-copy"] if "bulk" in parts else []:
-                results["bulk"][path].append(iperf3(bulk_ports[path], args.seconds))
+                before = cpu_seconds(relay_pid[path])
+                rate = iperf3(bulk_ports[path], args.seconds)
+                results["bulk"][path].append(rate)
+                # CPU seconds per GB relayed.
+                spent = cpu_seconds(relay_pid[path]) - before
+                results["cpu_bulk"][path].append(spent / (rate * args.seconds / 8 / 1e9))
             for path in order if "rr" in parts else []:
+                before = cpu_seconds(relay_pid[path])
                 rate, _ = wrk(http_ports[path], args.seconds, close=False)
                 results["rr"][path].append(rate)
+                spent = cpu_seconds(relay_pid[path]) - before
+                results["cpu_rr"][path].append(spent / (rate * args.seconds) * 1e6)
                 _, p99 = wrk(http_ports[path], args.seconds, close=False, pace_ms=PACE_MS)
                 results["p99"][path].append(p99)
             for path in order if "cps" in parts else []:
+                before = cpu_seconds(relay_pid[path])
                 rate, _ = wrk(http_ports[path], args.seconds, close=True)
                 results["cps"][path].append(rate)
+                spent = cpu_seconds(relay_pid[path]) - before
+                results["cpu_cps"][path].append(spent / (rate * args.seconds) * 1e6)
             print(f"run {run + 1}/{args.runs} done", file=sys.stderr, flush=True)
         procs.stop_all()
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -454,6 +477,18 @@ def report(
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(6)]
     for row in [header, *rows]:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    cpu = {name: med[f"cpu_{name}"] for name in ("bulk", "rr", "cps")}
+    cpu_rows = [(label, unit, cpu[name]) for name, label, unit in (
+        ("bulk", "bulk", "CPU s per GB"), ("rr", "request/response", "CPU µs per request"),
+        ("cps", "new connections", "CPU µs per connection")) if "kproxy" in cpu[name]]
+    if cpu_rows:
+        print("CPU time of the relaying process per unit of work (less disturbed by the "
+              "machine's other load than the rates):")
+        for label, unit, values in cpu_rows:
+            extra = (f", recv/send fallback {values['kproxy-copy']:.3f}"
+                     if "kproxy-copy" in values else "")
+            print(f"  {label}: kproxy {values['kproxy']:.3f}, HAProxy {values['haproxy']:.3f} "
+                  f"{unit} ({values['haproxy'] / values['kproxy']:.2f} x less for kproxy){extra}")
     if "kproxy-copy" in bulk:
         print(f"kproxy with the recv/send fallback instead of splice: "
               f"{bulk['kproxy-copy'] / 1e9:.2f} Gbit/s bulk")
