@@ -4,8 +4,10 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SYSTEM_TOOLS := iptables iptables-restore conntrack ip
+# What bench/bench_userspace.py compares kproxy's relay with and loads it with (not needed by tests).
+BENCH_TOOLS := haproxy iperf3 wrk socat
 
-.PHONY: test demo lint bench system-deps venv clean image kind-up kind-load deploy kind-smoke
+.PHONY: test demo lint bench system-deps bench-deps venv clean image kind-up kind-load deploy kind-smoke
 
 # --- running in a cluster (needs Docker, kind and kubectl; not used by the tests) ----------
 IMAGE ?= kproxy:0.1.0
@@ -25,6 +27,14 @@ system-deps:
 	if [ $$missing = 1 ]; then \
 	  echo "installing iptables, conntrack, iproute2"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables conntrack iproute2 >/dev/null; \
+	fi
+
+# The load generators and the reference proxy of the benchmarks, only when one is missing.
+bench-deps:
+	@missing=0; for t in $(BENCH_TOOLS); do command -v $$t >/dev/null 2>&1 || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+	  echo "installing $(BENCH_TOOLS)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BENCH_TOOLS) >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml
@@ -47,7 +57,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check kproxy tests bench
 	$(VENV)/bin/mypy --strict kproxy
 
-bench: system-deps $(STAMP)
+bench: system-deps bench-deps $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:

@@ -16,7 +16,7 @@ from kproxy.gctuning import configure_gc, freeze_long_lived
 from kproxy.healthcheck import ServiceHealthServer
 from kproxy.healthz import HealthServer, ProxierHealth
 from kproxy.httpserve import ListeningApp
-from kproxy.iptables.backend import BackendError, open_backend
+from kproxy.iptables.backend import Backend, BackendError, open_backend
 from kproxy.kube.transport import KubeTransport
 from kproxy.metrics import MetricsServer, ProxyMetrics
 from kproxy.objectfile import ClusterObjects, ObjectFileError, load_object_file
@@ -33,34 +33,78 @@ SERVER_RETRY_SECONDS = 5.0
 
 
 def make_proxier(
-    config: ProxyConfig, clock: Clock, request_sync: Callable[[], None]
+    config: ProxyConfig,
+    clock: Clock,
+    request_sync: Callable[[], None],
+    proxy_healthy: Callable[[], bool] = lambda: True,
 ) -> Proxier:
-    """The forwarding mode's proxier; raises BackendError where it cannot run here."""
-    if config.proxy_mode is ProxyMode.IPTABLES:
-        from kproxy.iptables.proxier import IptablesProxier
+    """The forwarding mode's proxier; raises BackendError where it cannot run here.
 
-        backend = open_backend(config.iptables_backend)
-        if not backend.families():
-            # Otherwise every sync writes nothing, reports success, and --once exits 0.
-            raise BackendError(
-                f"the {backend.name} iptables backend can use no IP family here "
-                "(listing the nat table failed for IPv4 and IPv6)"
-            )
-        # A one-shot run programs rules and leaves: no servers, no background cleanup.
-        long_running = not config.once
-        return IptablesProxier(
-            config,
-            backend,
-            clock=clock,
-            conntrack=ConntrackCleaner(families=backend.families(),
-                                       clear_services_without_endpoints=True)
-            if long_running else None,
-            health=ServiceHealthServer() if long_running else None,
-            request_sync=request_sync,
+    ``proxy_healthy`` is the proxy's own health, which the health check node ports of
+    externalTrafficPolicy Local services report (``serviceProxyHealthy``), as kube-proxy's do.
+
+    Either mode removes the other mode's rules around its first sync (kproxy.modeswitch).
+    """
+    backend = open_backend(config.iptables_backend)
+    if not backend.families():
+        # Otherwise every sync writes nothing, reports success, and --once exits 0.
+        raise BackendError(
+            f"the {backend.name} iptables backend can use no IP family here "
+            "(listing the nat table failed for IPv4 and IPv6)"
         )
-    # Said plainly rather than running a proxy that forwards nothing.
-    raise ValueError("userspace mode is not available in this version of kproxy; "
-                     "use --proxy-mode=iptables")
+    # A one-shot run programs rules and leaves: no servers, no background cleanup.
+    long_running = not config.once
+    health = ServiceHealthServer(proxy_healthy=proxy_healthy) if long_running else None
+    if config.proxy_mode is ProxyMode.USERSPACE:
+        return _userspace_proxier(config, clock, backend, health)
+    from kproxy.modeswitch import IptablesProxierAfterUserspace
+
+    return IptablesProxierAfterUserspace(
+        config,
+        backend,
+        clock=clock,
+        conntrack=ConntrackCleaner(families=backend.families(),
+                                   clear_services_without_endpoints=True)
+        if long_running else None,
+        health=health,
+        request_sync=request_sync,
+    )
+
+
+def _userspace_proxier(
+    config: ProxyConfig, clock: Clock, backend: Backend, health: ServiceHealthServer | None
+) -> Proxier:
+    from kproxy.modeswitch import remove_iptables_mode
+    from kproxy.userspace.limits import RelayLimits, raise_nofile_limit
+    from kproxy.userspace.proxier import UserspaceProxier
+    from kproxy.userspace.udpflows import UdpFlowForgetter
+
+    long_running = health is not None
+    if not long_running:
+        log.warning("--once in userspace mode: the relays stop, and the portal rules are "
+                    "removed, when kproxy exits")
+    # Every relayed connection holds several descriptors: take what the system allows.
+    raise_nofile_limit()
+    families = backend.families()
+    limits = RelayLimits(
+        idle_timeout=config.userspace_idle_timeout,
+        udp_idle_timeout=config.userspace_udp_idle_timeout,
+        endpoint_grace=config.userspace_endpoint_grace,
+        drain_grace=config.userspace_drain_grace,
+        max_connections_global=config.userspace_max_connections,
+        max_connections_per_service=min(config.userspace_max_connections,
+                                        RelayLimits.max_connections_per_service),
+    )
+    return UserspaceProxier(
+        config,
+        backend,
+        clock=clock,
+        limits=limits,
+        families=families,
+        health=health,
+        remove_other_mode=lambda: remove_iptables_mode(backend, families),
+        forget_udp_flows=UdpFlowForgetter() if long_running else None,
+    )
 
 
 class ProxyService:
@@ -134,7 +178,8 @@ async def run_proxy(config: ProxyConfig) -> int:
             return 1
     service = ProxyService(config, SnapshotLogger(), clock)
     try:
-        service.proxier = make_proxier(config, clock, service.runner.request)
+        service.proxier = make_proxier(config, clock, service.runner.request,
+                                        proxy_healthy=service.health.is_healthy)
     except (BackendError, ValueError) as error:
         log.error("cannot start %s mode: %s", config.proxy_mode.value, error)
         return 1

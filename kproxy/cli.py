@@ -18,6 +18,7 @@ from kproxy import __version__
 from kproxy.config import (
     ConfigError,
     ProxyConfig,
+    ProxyMode,
     add_run_flags,
     config_from_args,
     normalise_argv,
@@ -174,6 +175,11 @@ def _run_proxy(config: ProxyConfig) -> int:
             raise
         print("kproxy: the proxy runtime (kproxy.app) is not available", file=sys.stderr)
         return 1
+    if config.proxy_mode is ProxyMode.USERSPACE:
+        # The relays run on the event loop: uvloop's costs less per wake-up, when installed.
+        from kproxy.userspace.eventloop import use_fast_event_loop
+
+        use_fast_event_loop()
     try:
         return int(asyncio.run(app.run_proxy(config)))
     except KeyboardInterrupt:

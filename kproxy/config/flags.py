@@ -236,6 +236,27 @@ KPROXY_FLAGS: tuple[FlagSpec, ...] = (
         aliases=("udp-timeout",),
         in_config_file=True,
     ),
+    FlagSpec(
+        "userspace-endpoint-grace",
+        V,
+        "userspace mode: established connections to a removed endpoint are closed after "
+        "this long (default 30s).",
+        "DURATION",
+    ),
+    FlagSpec(
+        "userspace-drain-grace",
+        V,
+        "userspace mode: on SIGTERM, established connections get this long to finish "
+        "before the portal rules are removed (default 5s).",
+        "DURATION",
+    ),
+    FlagSpec(
+        "userspace-max-connections",
+        V,
+        "userspace mode: open TCP connections relayed at most, for the whole node "
+        "(default 100000); past it, new connections wait in the kernel's backlog.",
+        "COUNT",
+    ),
 )
 
 # kube-proxy flags a DaemonSet may pass that have no meaning for kproxy: accepted, with a

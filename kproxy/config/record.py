@@ -45,6 +45,9 @@ DEFAULT_METRICS_BIND_ADDRESS = f"127.0.0.1:{METRICS_PORT}"
 # The old userspace proxier's --udp-timeout default; TCP had no idle timeout there.
 DEFAULT_USERSPACE_UDP_IDLE_TIMEOUT = 0.25
 DEFAULT_USERSPACE_IDLE_TIMEOUT = 15 * 60.0
+DEFAULT_USERSPACE_ENDPOINT_GRACE = 30.0
+DEFAULT_USERSPACE_DRAIN_GRACE = 5.0
+DEFAULT_USERSPACE_MAX_CONNECTIONS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,9 @@ class ProxyConfig:
     userspace_idle_timeout: float = DEFAULT_USERSPACE_IDLE_TIMEOUT
     userspace_udp_idle_timeout: float = DEFAULT_USERSPACE_UDP_IDLE_TIMEOUT
     userspace_port_range: tuple[int, int] | None = None  # inclusive; None: any free port
+    userspace_endpoint_grace: float = DEFAULT_USERSPACE_ENDPOINT_GRACE
+    userspace_drain_grace: float = DEFAULT_USERSPACE_DRAIN_GRACE
+    userspace_max_connections: int = DEFAULT_USERSPACE_MAX_CONNECTIONS
     cleanup_and_exit: bool = False  # kube-proxy's --cleanup
     init_only: bool = False  # kube-proxy's --init-only: kproxy has no privileged setup step
     notices: tuple[Notice, ...] = field(default=(), compare=False)

@@ -94,6 +94,13 @@ def parse_verbosity(text: str) -> int:
     return int(text)
 
 
+def parse_positive_count(text: str) -> int:
+    """A decimal integer of at least 1 (a cap on connections or sessions)."""
+    if _DECIMAL.fullmatch(text) is None or not 1 <= int(text) < 2**31:
+        raise ValueError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
 def parse_masquerade_bit(value: int) -> int:
     if not 0 <= value <= 31:
         raise ValueError(f"must be an integer between 0 and 31, got {value}")

@@ -8,11 +8,16 @@ is flushed but kept (deleting it would fail the whole transaction), and reported
 It reads the kernel (``iptables-save``) to find what is there, so running it twice is fine:
 the second run finds nothing. One call cleans one backend; to clean both iptables variants,
 call it with an nft and a legacy backend.
+
+Both proxy modes' chains carry the prefix, so a plain cleanup removes both. A cleanup can be
+limited to some of kproxy's chains (``owned``, e.g. one mode's: see
+:func:`iptables_mode_chain` and :func:`userspace_mode_chain`); it then removes only those
+chains and the builtin-chain rules that jump to them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from kproxy.iptables.backend import Backend, BackendError
@@ -25,6 +30,7 @@ from kproxy.iptables.restore import (
 )
 from kproxy.iptables.ruleset import JUMP_COMMENT_PREFIX, Table
 from kproxy.model.types import IPFamily
+from kproxy.userspace.chains import is_userspace_chain
 
 CLEANED_TABLES = (Table.NAT, Table.FILTER, Table.MANGLE)
 
@@ -76,29 +82,50 @@ def is_kproxy_jump(args: str) -> bool:
     )
 
 
-def plan_table_cleanup(parsed: ParsedTable) -> TableCleanup:
-    """What to remove from one table, given its ``iptables-save`` content (pure)."""
-    ours = sorted(parsed.kproxy_chains())
-    owned = set(ours)
+ChainSelector = Callable[[str], bool]
+
+
+def userspace_mode_chain(name: str) -> bool:
+    """A chain of userspace mode (its portals)."""
+    return is_userspace_chain(name)
+
+
+def iptables_mode_chain(name: str) -> bool:
+    """A kproxy chain of iptables mode: every one that is not userspace mode's."""
+    return not is_userspace_chain(name)
+
+
+def plan_table_cleanup(parsed: ParsedTable, owned: ChainSelector | None = None) -> TableCleanup:
+    """What to remove from one table, given its ``iptables-save`` content (pure).
+
+    ``owned`` limits the cleanup to the kproxy chains it accepts, and to the kproxy rules of
+    builtin chains that jump to those; None removes everything kproxy's.
+    """
+    ours = sorted(name for name in parsed.kproxy_chains() if owned is None or owned(name))
+    selected = set(ours)
     jumps: list[tuple[str, str]] = []
     still_referenced: set[str] = set()
     for name, chain in parsed.chains.items():
-        if name in owned:
+        if name in selected:
             continue
         for args in chain.rules:
-            if chain.policy is not None and is_kproxy_jump(args):
+            if chain.policy is not None and is_kproxy_jump(args) and (
+                owned is None or jump_target(args) in selected
+            ):
                 jumps.append((name, args))
                 continue
             target = jump_target(args)
-            if target is not None and target in owned:
+            if target is not None and target in selected:
                 still_referenced.add(target)
     deleted = tuple(name for name in ours if name not in still_referenced)
     kept = tuple(name for name in ours if name in still_referenced)
     return TableCleanup(parsed.table, tuple(jumps), deleted, kept)
 
 
-def cleanup(backend: Backend, families: Iterable[IPFamily] | None = None) -> CleanupReport:
-    """Remove kproxy's rules and chains from every table of every family; see module doc.
+def cleanup(backend: Backend, families: Iterable[IPFamily] | None = None,
+            owned: ChainSelector | None = None) -> CleanupReport:
+    """Remove kproxy's rules and chains (or only the ``owned`` ones) from every table of every
+    family; see the module doc.
 
     Failures are collected in the report (and the other tables still cleaned), not raised.
     """
@@ -117,7 +144,7 @@ def cleanup(backend: Backend, families: Iterable[IPFamily] | None = None) -> Cle
             parsed = tables.get(table)
             if parsed is None:
                 continue
-            plan = plan_table_cleanup(parsed)
+            plan = plan_table_cleanup(parsed, owned)
             if plan.empty:
                 continue
             try:

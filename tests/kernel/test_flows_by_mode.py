@@ -1,0 +1,170 @@
+"""The forwarding flow tables of iptables mode (tests/kernel/test_iptables_flows.py, and the
+dual-stack one of tests/kernel/test_iptables_ipv6.py), run in each proxy mode: the same
+objects, the same rows, real packets from pods, nodes and an outside client through the lab
+nodes' kproxy.
+
+iptables mode programs once (``--once``); userspace mode keeps running (its relays forward),
+with ``--from-file`` as a static source. One documented difference: in userspace mode the
+relay connects to the endpoint from the node, so every endpoint sees the address of the
+node that relayed the connection, never the client's (as with kube-proxy's userspace mode).
+Rows that check the source address expect that node's addresses there.
+
+The three iptables backends are covered by test_iptables_flows.py; here iptables mode runs on
+the default backend, as the reference the userspace run is compared with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flows import Flow, addresses_of, check_flow, flow_target, host_named
+from kproxy_nodes import KproxyOnNode
+from test_iptables_flows import (
+    CLUSTER_CIDR,
+    EXTERNAL_IP,
+    FLOWS,
+    LB_IP,
+    WEB_PORT,
+    cluster_objects,
+)
+from test_iptables_ipv6 import CLUSTER_CIDRS as DUAL_STACK_CIDRS
+from test_iptables_ipv6 import FLOWS as DUAL_STACK_FLOWS
+from test_iptables_ipv6 import NO_ICMP_RATE_LIMIT
+from test_iptables_ipv6 import cluster_objects as dual_stack_objects
+
+from kproxy.devcluster.lab import Lab, Pod
+
+pytestmark = pytest.mark.kernel
+
+MODES = ("iptables", "userspace")
+# The network routes external and load-balancer IPs to node2 (see the fixture).
+EXTERNAL_ROUTE_NODE = 1
+
+
+def relaying_node(lab: Lab, flow: Flow) -> str:
+    """The node whose kproxy handles ``flow``: the source's own node for pods and nodes,
+    the node the destination is routed to for the outside client."""
+    source = host_named(lab, flow.source)
+    if isinstance(source, Pod):
+        return source.node.name
+    if flow.source != "outside":
+        return flow.source
+    destination, _ = flow_target(lab, flow)
+    for node in lab.nodes:
+        if destination in node.ips:
+            return node.name
+    return lab.nodes[EXTERNAL_ROUTE_NODE].name
+
+
+def in_mode(flow: Flow, mode: str) -> Flow:
+    """The row as ``mode`` must satisfy it."""
+    if mode == "iptables" or flow.source_seen is None:
+        return flow
+
+    def node_addresses(lab: Lab) -> frozenset[str]:
+        node = lab.node(relaying_node(lab, flow))
+        return addresses_of(node.name)(lab) | {node.ip6, node.gateway6} - {None}
+
+    return dataclasses.replace(flow, source_seen=node_addresses)
+
+
+def run_kproxy(lab: Lab, mode: str, objects: Path, cluster_cidrs: str,
+               workdir: Path) -> list[KproxyOnNode]:
+    """kproxy on every node: programmed once (iptables), or running (userspace)."""
+    common = [f"--proxy-mode={mode}", f"--from-file={objects}",
+              f"--cluster-cidr={cluster_cidrs}", "--v=2"]
+    running: list[KproxyOnNode] = []
+    try:
+        for node in lab.nodes:
+            args = [*common, f"--hostname-override={node.name}"]
+            if mode == "iptables":
+                done = node.ns.run_python("kproxy.cli", "run", *args, "--once",
+                                          check=False, timeout=60)
+                if done.returncode != 0:
+                    pytest.fail(f"kproxy --once failed on {node.name}:\n"
+                                f"{done.stdout}\n{done.stderr}")
+                continue
+            kproxy = KproxyOnNode(node, args, workdir / f"{node.name}.log")
+            kproxy.start()
+            running.append(kproxy)
+        for kproxy in running:
+            kproxy.wait_synced()
+    except BaseException:
+        for kproxy in running:
+            kproxy.stop()
+        raise
+    return running
+
+
+def write_objects(workdir: Path, items: list[dict[str, Any]]) -> Path:
+    objects = workdir / "objects.json"
+    objects.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    return objects
+
+
+@pytest.fixture(scope="module", params=MODES)
+def mode_lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+             ) -> Iterator[tuple[str, Lab]]:
+    mode: str = request.param
+    workdir: Path = tmp_path_factory.mktemp(f"flows-{mode}")
+    with Lab(nodes=2, outside=True) as lab:
+        for node in lab.nodes:
+            lab.add_pod(node, f"web-{node.index}")
+            lab.add_pod(node, f"client-{node.index}")
+        lab.start_servers([lab.pod("web-1"), lab.pod("web-2")], tcp=(WEB_PORT,),
+                          udp=(WEB_PORT,))
+        assert lab.outside is not None
+        for address in (EXTERNAL_IP, LB_IP):
+            lab.outside.ns.ip("route", "add", f"{address}/32", "via",
+                              lab.nodes[EXTERNAL_ROUTE_NODE].ip)
+        objects = write_objects(workdir, cluster_objects(lab))
+        running = run_kproxy(lab, mode, objects, CLUSTER_CIDR, workdir)
+        try:
+            yield mode, lab
+            for kproxy in running:
+                kproxy.assert_running()
+        finally:
+            for kproxy in running:
+                kproxy.stop()
+
+
+@pytest.fixture(scope="module", params=MODES)
+def dual_stack_mode_lab(request: pytest.FixtureRequest,
+                        tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Lab]]:
+    mode: str = request.param
+    workdir: Path = tmp_path_factory.mktemp(f"dual-stack-flows-{mode}")
+    with Lab(nodes=2, outside=True, ipv6=True) as lab:
+        for node in lab.nodes:
+            node.ns.sysctls(NO_ICMP_RATE_LIMIT)
+            lab.add_pod(node, f"web-{node.index}")
+            lab.add_pod(node, f"client-{node.index}")
+        lab.start_servers([lab.pod("web-1"), lab.pod("web-2")], tcp=(WEB_PORT,),
+                          udp=(WEB_PORT,))
+        objects = write_objects(workdir, dual_stack_objects(lab))
+        running = run_kproxy(lab, mode, objects, DUAL_STACK_CIDRS, workdir)
+        try:
+            yield mode, lab
+            for kproxy in running:
+                kproxy.assert_running()
+        finally:
+            for kproxy in running:
+                kproxy.stop()
+
+
+@pytest.mark.parametrize("flow", FLOWS, ids=[flow.name for flow in FLOWS])
+def test_flow(mode_lab: tuple[str, Lab], flow: Flow) -> None:
+    mode, lab = mode_lab
+    problems = check_flow(lab, in_mode(flow, mode))
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("flow", DUAL_STACK_FLOWS, ids=[flow.name for flow in DUAL_STACK_FLOWS])
+def test_dual_stack_flow(dual_stack_mode_lab: tuple[str, Lab], flow: Flow) -> None:
+    mode, lab = dual_stack_mode_lab
+    problems = check_flow(lab, in_mode(flow, mode))
+    assert not problems, "\n".join(problems)
