@@ -86,12 +86,12 @@ class Dial:
                 break
             self._tried.append(target)
             try:
-                sock = socket.socket(self._family, socket.SOCK_STREAM)
+                # Non-blocking from the start: no fcntl round trip per connection.
+                sock = socket.socket(self._family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             except OSError as error:
                 if error.errno in _RESOURCE_ERRORS:
                     break
                 raise
-            sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             code = sock.connect_ex((target.ip, target.port))
             if code == 0:

@@ -179,8 +179,7 @@ class TcpServiceListener(ServiceListener):
         stats = self._stats
         stats.accepted_connections += 1
         stats.active_connections += 1
-        client.setblocking(False)
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.setblocking(False)  # TCP_NODELAY it inherits from the listening socket
         dial = Dial(
             self._loop,
             self._balancer,
@@ -321,6 +320,8 @@ async def open_tcp_listener(
     targets. A port in use raises OSError(EADDRINUSE)."""
     sock = bound_socket(family, socket.SOCK_STREAM, bind_host, port)
     try:
+        # Accepted sockets inherit it: request/response traffic is not held back by Nagle.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.listen(_BACKLOG)
         listener = TcpServiceListener(
             name,
