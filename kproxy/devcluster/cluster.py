@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib
 import json
 import queue
+import socket
 import subprocess
 import threading
 import time
@@ -63,7 +64,9 @@ class DevApiProcess:
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + START_LIMIT
-        while not (self.socket.exists() and self.kubeconfig.exists()):
+        # The socket file appears when it is bound, a moment before the server accepts:
+        # ready means a connection is taken (and the kubeconfig is written).
+        while not (self.kubeconfig.exists() and _accepts(self.socket)):
             if self.proc.poll() is not None:
                 raise RuntimeError(f"devapi exited with {self.proc.returncode}")
             if time.monotonic() > deadline:
@@ -247,3 +250,13 @@ class DevCluster:
                 self._devapi = None
         finally:
             self.lab.close()
+
+
+def _accepts(path: Path) -> bool:
+    """Whether a Unix socket at ``path`` takes a connection now."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
