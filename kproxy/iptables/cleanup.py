@@ -5,9 +5,14 @@ comment (``kproxy ...``) are deleted, and every ``KPROXY-`` chain is flushed and
 one atomic restore transaction per table. A kproxy chain that a foreign rule still jumps to
 is flushed but kept (deleting it would fail the whole transaction), and reported.
 
-It reads the kernel (``iptables-save``) to find what is there, so running it twice is fine:
-the second run finds nothing. One call cleans one backend; to clean both iptables variants,
-call it with an nft and a legacy backend.
+It reads the kernel to find what is there, so running it twice is fine: the second run finds
+nothing. It first reads only kproxy's chain names and the builtin chains' rules
+(:meth:`Backend.read_tables`, which works where ``iptables-nft-save`` cannot list 100,000
+chains); only when that plan fails (a foreign rule still jumps to a kproxy chain) does it read
+the whole table with ``iptables-save`` to find which chains to keep. Backends that split big
+transactions (iptables-nft) get big cleanups in steps too: jumps first (which makes every
+kproxy chain unreachable), then flushes, then deletions. One call cleans one backend; to clean
+both iptables variants, call it with an nft and a legacy backend.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kproxy.iptables.backend import Backend, BackendError
+from kproxy.iptables.chunks import ChunkPolicy
+from kproxy.iptables.kernelstate import KernelTable
 from kproxy.iptables.restore import (
     COMMIT,
     ParsedTable,
@@ -44,12 +51,26 @@ class TableCleanup:
 
     def render(self) -> str:
         """The restore payload: flush every kproxy chain, delete the jumps, then the chains."""
-        lines = [f"*{self.table.value}"]
-        lines += [f":{name} - [0:0]" for name in (*self.deleted_chains, *self.kept_chains)]
+        lines = [f":{name} - [0:0]" for name in (*self.deleted_chains, *self.kept_chains)]
         lines += [f"-D {chain} {args}" for chain, args in self.jumps]
         lines += [f"-X {name}" for name in self.deleted_chains]
-        lines += [COMMIT, ""]
-        return "\n".join(lines)
+        return self._transaction(lines)
+
+    def render_chunks(self, chunk_chains: int) -> list[str]:
+        """The same in several transactions of at most ``chunk_chains`` chains each: the
+        jumps go first, so that every later step works on unreachable chains only."""
+        flushed = (*self.deleted_chains, *self.kept_chains)
+        steps = [self._transaction([f"-D {chain} {args}" for chain, args in self.jumps])]
+        for start in range(0, len(flushed), chunk_chains):
+            group = flushed[start:start + chunk_chains]
+            steps.append(self._transaction([f":{name} - [0:0]" for name in group]))
+        for start in range(0, len(self.deleted_chains), chunk_chains):
+            group = self.deleted_chains[start:start + chunk_chains]
+            steps.append(self._transaction([f"-X {name}" for name in group]))
+        return steps
+
+    def _transaction(self, lines: list[str]) -> str:
+        return "\n".join([f"*{self.table.value}", *lines, COMMIT, ""])
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +118,26 @@ def plan_table_cleanup(parsed: ParsedTable) -> TableCleanup:
     return TableCleanup(parsed.table, tuple(jumps), deleted, kept)
 
 
+def plan_kernel_cleanup(table: Table, kernel: KernelTable) -> TableCleanup:
+    """What to remove, from kproxy's chain names and the builtin chains' rules (pure).
+
+    Every kproxy chain is to be deleted: a foreign rule jumping to one makes the restore
+    fail, and :func:`cleanup` then falls back to :func:`plan_table_cleanup`.
+    """
+    jumps = tuple((chain, args) for chain, rules in kernel.builtin_rules.items()
+                  for args in rules if is_kproxy_jump(args))
+    return TableCleanup(table, jumps, tuple(sorted(kernel.kproxy_chains)), ())
+
+
+def _apply(backend: Backend, family: IPFamily, plan: TableCleanup) -> None:
+    chunking: ChunkPolicy | None = backend.chunking
+    if chunking is not None and len(plan.deleted_chains) > chunking.threshold_chains:
+        for text in plan.render_chunks(chunking.chunk_chains):
+            backend.restore(family, plan.table, text)
+    else:
+        backend.restore(family, plan.table, plan.render())
+
+
 def cleanup(backend: Backend, families: Iterable[IPFamily] | None = None) -> CleanupReport:
     """Remove kproxy's rules and chains from every table of every family; see module doc.
 
@@ -108,25 +149,35 @@ def cleanup(backend: Backend, families: Iterable[IPFamily] | None = None) -> Cle
     errors: list[str] = []
     for family in families if families is not None else backend.families():
         try:
-            # All tables at once: asking for one table would create it in legacy iptables.
-            tables = parse_save(backend.save(family))
+            tables = backend.read_tables(family)
         except (BackendError, ValueError) as exc:
             errors.append(f"{family}: cannot read iptables: {exc}")
             continue
         for table in CLEANED_TABLES:
-            parsed = tables.get(table)
-            if parsed is None:
+            kernel = tables.get(table)
+            if kernel is None:
                 continue
-            plan = plan_table_cleanup(parsed)
+            plan = plan_kernel_cleanup(table, kernel)
             if plan.empty:
                 continue
             try:
-                backend.restore(family, table, plan.render())
-            except BackendError as exc:
-                errors.append(f"{family} {table}: {exc}")
-                continue
+                _apply(backend, family, plan)
+            except BackendError:
+                try:
+                    plan = _careful_plan(backend, family, table)
+                    if not plan.empty:
+                        _apply(backend, family, plan)
+                except (BackendError, ValueError) as exc:
+                    errors.append(f"{family} {table}: {exc}")
+                    continue
             removed += [(family, table, chain, args) for chain, args in plan.jumps]
             deleted += [(family, table, name) for name in plan.deleted_chains]
             kept += [(family, table, name) for name in plan.kept_chains]
     return CleanupReport(tuple(removed), tuple(deleted), tuple(kept), tuple(errors))
+
+
+def _careful_plan(backend: Backend, family: IPFamily, table: Table) -> TableCleanup:
+    # All tables at once: asking for one table would create it in legacy iptables.
+    parsed = parse_save(backend.save(family)).get(table)
+    return plan_table_cleanup(parsed) if parsed is not None else TableCleanup(table, (), (), ())
 

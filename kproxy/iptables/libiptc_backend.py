@@ -41,12 +41,15 @@ from kproxy.iptables.backend import (
     RestoreError,
     run_command,
 )
+from kproxy.iptables.chunks import ChunkPolicy
+from kproxy.iptables.kernelstate import KernelTable, scan_save
 from kproxy.iptables.restore import (
     ArgToken,
     Op,
     RestoreCommand,
     RestoreSyntaxError,
     RestoreTransaction,
+    TableText,
     iter_restore,
     join_payloads,
     tokenize_args,
@@ -232,6 +235,10 @@ class LibiptcBackend:
     def name(self) -> str:
         return "libiptc"
 
+    @property
+    def chunking(self) -> ChunkPolicy | None:
+        return None  # one commit replaces a whole table blob: splitting only costs more
+
     def families(self) -> tuple[IPFamily, ...]:
         """IPv4 only where it works at all.
 
@@ -257,7 +264,7 @@ class LibiptcBackend:
     def restore(self, family: IPFamily, table: Table, text: str) -> None:
         self.restore_all(family, {table: text})
 
-    def restore_all(self, family: IPFamily, payloads: Mapping[Table, str]) -> None:
+    def restore_all(self, family: IPFamily, payloads: Mapping[Table, TableText]) -> None:
         text = join_payloads(payloads)
         with self._mutex, _young_garbage_only():
             try:
@@ -385,6 +392,10 @@ class LibiptcBackend:
         if not result.ok:
             raise CommandError(result)
         return result.stdout
+
+    def read_tables(self, family: IPFamily) -> dict[Table, KernelTable]:
+        # The same kernel tables as iptables-legacy: one save shows them all.
+        return scan_save(self.save(family))
 
     def list_kproxy_chains(self, family: IPFamily, table: Table) -> set[str]:
         with self._mutex, self._locked_table(family, table) as handle:
