@@ -319,11 +319,25 @@ async def _change_latencies(spec: Mapping[str, Any]) -> dict[str, Any]:
         latencies.append(in_kernel - received)
         await _until_synced(service, last_success)
         restores.append(backend.take().get("restore", 0.0))
+    # A full resync over the loaded tables (as every sync period): one read, one restore
+    # with no jump to add; beside it, what checking the jumps one -C at a time costs here.
+    last_success = service.runner.times.last_sync_success
+    service.proxier.force_full_sync("bench")
+    resync_started = time.perf_counter()
+    service.runner.request()
+    await _until_synced(service, last_success)
+    resync = {"total": time.perf_counter() - resync_started, **backend.take()}
+    from kproxy.iptables.staticchains import BUILTIN_JUMPS
+
+    checked = time.perf_counter()
+    added = await asyncio.to_thread(backend.ensure_jumps, FAMILY, BUILTIN_JUMPS)
+    resync["one -C per jump"] = time.perf_counter() - checked
+    assert added == 0, "the resync left jumps out"
     service.runner.stop()
     await runner
     await service.proxier.close()
     return {"latencies": latencies, "restores": restores, "first_sync": first,
-            "rss_mb": peak_rss_mb()}
+            "resync": resync, "rss_mb": peak_rss_mb()}
 
 
 async def _until_synced(service: Any, after: float | None) -> None:
@@ -589,6 +603,12 @@ def _change_on(backend: str, args: argparse.Namespace, report: Report) -> None:
     row("first sync of the same process (full, 1 run)", seconds_text(first["total"]))
     for label in ("read tables", "restore", "jumps"):
         row(f"  of which {label}", seconds_text(first.get(label, 0.0)))
+    resync = result["resync"]
+    row("full resync over the loaded tables (1 run)", seconds_text(resync["total"]))
+    for label in ("read tables", "restore", "jumps"):
+        row(f"  of which {label}", seconds_text(resync.get(label, 0.0)))
+    row("  (checking the jumps one iptables -C each instead, same tables)",
+        seconds_text(resync["one -C per jump"]))
     row("peak RSS of this long-running process", f"{result['rss_mb']:.0f} MB")
 
 
