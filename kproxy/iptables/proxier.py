@@ -177,8 +177,8 @@ class IptablesProxier:
             try:
                 outcomes.append(await self._sync_family(family, snapshot))
             except (BackendError, OSError, ValueError) as error:
-                message = f"{family.value}: {type(error).__name__}: {error}"
-                errors.append(message)
+                message = f"{type(error).__name__}: {error}"
+                errors.append(f"{family.value}: {message}")
                 self._family_failed(state, family, full, message)
             else:
                 state.retry_at = None
@@ -213,7 +213,7 @@ class IptablesProxier:
 
     def _family_failed(self, state: _FamilyState, family: IPFamily, full: bool,
                        message: str) -> None:
-        self.record.last_error = message
+        self.record.last_error = f"{family.value}: {message}"
         self.record.failing_families[family] = message
         if full:
             self.record.restore_failures_full += 1

@@ -302,8 +302,9 @@ def apply_both(backend: Backend, fake: FakeIptables, family: IPFamily,
 def test_full_sync_delta_and_replacing_sync_match_the_fake(backend: Backend,
                                                            family: IPFamily) -> None:
     if backend.name == "libiptc" and family is V6:
-        pytest.skip("the libiptc backend programs IPv4 only: python-iptables cannot load the "
-                    "IPv6 NAT targets once the IPv4 ones are registered in the same process")
+        # Each call here is a fresh process (and IPv6 a second one): about a minute. The
+        # IPv6 flow suite programs a dual-stack lab through libiptc instead.
+        pytest.skip("libiptc IPv6 is checked by the IPv6 flow suite (CI time)")
     assert family in backend.families()
     fake = FakeIptables()
     first = sample_ruleset(family, [("a", 2), ("b", 2), ("c", 3)])
