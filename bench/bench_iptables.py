@@ -211,20 +211,22 @@ def inner_full(spec: Mapping[str, Any]) -> dict[str, Any]:
     chunking = backend.chunking
     chunks = 1
     payload_path = spec.get("payload_path")
+    text = ""
     if chunking is not None and chunking.applies(ruleset):
         chunks = 0
         for payloads in render_full_chunked(ruleset, existing, jumps, chunking.chunk_chains):
             backend.restore_all(FAMILY, payloads)
             chunks += 1
         rendered = rendered_cpu = float("nan")
-        text = ""
     else:
         pieces = render_full_pieces(ruleset, existing, jumps)
         rendered, rendered_cpu = time.perf_counter(), time.process_time()
         backend.restore_all(FAMILY, pieces)
-        text = join_payloads(pieces) if payload_path else ""
-        del pieces
     restored = time.perf_counter()
+    rss_mb = peak_rss_mb()  # before the payload is joined and written out below
+    if chunks == 1 and payload_path:
+        text = join_payloads(pieces)
+        del pieces
     result = {
         "plan": planned - started,
         "read": read - planned,
@@ -232,7 +234,7 @@ def inner_full(spec: Mapping[str, Any]) -> dict[str, Any]:
         "own_cpu": rendered_cpu - started_cpu,
         "restore": restored - rendered,
         "end_to_end": restored - started,
-        "rss_mb": peak_rss_mb(),  # before the payload is written out below
+        "rss_mb": rss_mb,
         "chains": sum(len(rules.chains) for rules in ruleset.tables.values()),
         "rules": ruleset.rule_count,
         "jumps": len(jumps),
