@@ -1,28 +1,31 @@
 """iptables mode at scale: 10,000 ClusterIP services x 10 endpoints (IPv4), against the kernel.
 
-Every figure is measured inside network namespaces of its own (deleted afterwards): this script
-re-runs itself there (``ip netns exec NS python bench_iptables.py --inner ...``), so kproxy
-runs its backend commands directly, as on a node, and the host's tables are never touched.
+Every figure is measured inside network namespaces of its own (deleted afterwards), with an
+xtables lock file of its own: this script re-runs itself there (``ip netns exec NS python
+bench_iptables.py --inner ...``), so kproxy runs its backend commands directly, as on a node,
+and the host's tables are never touched.
 
-* full sync: kproxy's own time (plan with a fresh planner + render), then the same payload
-  applied by iptables-restore into an empty namespace; beside it, in the same run, the same
-  payload given to iptables-restore alone. Each run is a fresh process in a fresh namespace.
-* one endpoint change with all services present: from the EndpointSlice handler call (what an
-  informer does on a watch event) to iptables-restore having returned, through the real
-  ProxyService, SyncRunner and IptablesProxier (min sync period 0), changes spaced apart.
-* first TCP connect (connect + first byte) from a client pod through a node holding the rules
-  to a server pod on another node, with 100 services, with all of them (dispatch trie), and
-  with all of them in one flat KPROXY-SERVICES chain (the planner with a huge leaf size).
-* peak RSS (ru_maxrss) of the process doing the full sync.
-* backends: python-iptables (libiptc) against iptables-legacy-restore (the same kernel tables),
-  and iptables-nft-restore at a smaller scale (it is quadratic in the number of chains).
+* full (legacy): kproxy's own time (plan with a fresh planner + render), then the tables read
+  and the payload (builtin-chain jumps included) applied by iptables-restore into an empty
+  namespace; beside it, in the same run, the same payload given to iptables-restore alone.
+  Each run is a fresh process in a fresh namespace. Peak RSS (ru_maxrss) of that process.
+* nft-full: the same full sync into iptables-nft, which splits it into transactions.
+* change (nft and legacy): one endpoint change with all services present, from the
+  EndpointSlice handler call (what an informer does on a watch event) to iptables-restore
+  having returned, through the real ProxyService, SyncRunner and IptablesProxier (min sync
+  period 0), changes spaced apart; then a full resync over the loaded tables, beside what
+  checking the builtin-chain jumps one ``iptables -C`` each costs on the same tables.
+* connect: first TCP connect (connect + first byte) from a client pod through a node holding
+  the rules to a server pod on another node, with 100 services, with all of them (dispatch
+  trie), and with all of them in one flat KPROXY-SERVICES chain (a huge leaf size).
+* backends: python-iptables (libiptc) against iptables-legacy-restore (the same kernel
+  tables), and iptables-nft-restore at a smaller scale.
 
-The headline figures use iptables-legacy: iptables-nft-restore cannot load this ruleset in
-useful time (see the backends table). Targets are printed with pass/FAIL words; nothing asserts.
+Targets are printed with pass/FAIL words; nothing asserts.
 
 Run (as root): .venv/bin/python bench/bench_iptables.py [--services N] [--runs R]
-    [--changes C] [--connections K] [--small-services M] [--large-libiptc-full]
-    [--parts full,change,connect,backends]
+    [--nft-runs R] [--changes C] [--change-backends nft,legacy] [--connections K]
+    [--small-services M] [--large-libiptc-full] [--parts full,nft-full,change,connect,backends]
 """
 
 from __future__ import annotations
