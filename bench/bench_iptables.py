@@ -215,7 +215,7 @@ def inner_full(spec: Mapping[str, Any]) -> dict[str, Any]:
     chunks = 1
     payload_path = spec.get("payload_path")
     text = ""
-    if chunking is not None and chunking.applies(ruleset):
+    if chunking is not None and chunking.applies(ruleset, existing):
         chunks = 0
         for payloads in render_full_chunked(ruleset, existing, jumps, chunking.chunk_chains):
             backend.restore_all(FAMILY, payloads)

@@ -13,7 +13,8 @@ order keeps every packet on a complete path:
    rule that makes something reachable only ever points at a chain already complete. The
    dispatch roots, which make new services reachable, are written last;
 3. the last transaction also adds the missing builtin-chain jumps and deletes the chains of
-   services that are gone (nothing refers to them any more by then).
+   services that are gone (nothing refers to them any more by then); when those are many,
+   steps of their own follow: flushes first, then deletions.
 
 A chain that already exists keeps its old rules until its own transaction replaces them, so
 traffic keeps flowing through the old rules meanwhile. A failure part way leaves a mix of
@@ -52,9 +53,12 @@ class ChunkPolicy:
         if self.threshold_chains < 1 or self.chunk_chains < 1:
             raise ValueError(f"chunk sizes must be positive: {self}")
 
-    def applies(self, ruleset: Ruleset) -> bool:
-        return any(len(rules.chains) > self.threshold_chains
-                   for rules in ruleset.tables.values())
+    def applies(self, ruleset: Ruleset,
+                existing_kproxy_chains: Mapping[Table, Iterable[str]] | None = None) -> bool:
+        """Whether a table of the plan, or of the kernel now, is over the threshold."""
+        counts = [len(rules.chains) for rules in ruleset.tables.values()]
+        counts += [len(set(names)) for names in (existing_kproxy_chains or {}).values()]
+        return any(count > self.threshold_chains for count in counts)
 
 
 def render_full_chunked(
@@ -74,15 +78,15 @@ def render_full_chunked(
         rules = ruleset.tables.get(table)
         chains = rules.chains if rules is not None else {}
         existing = set(existing_kproxy_chains.get(table, ()))
-        if len(chains) <= chunk_chains:
+        stale = stale_chains(ruleset, table, existing)
+        if len(chains) <= chunk_chains and len(stale) <= chunk_chains:
             single = Ruleset(ruleset.family, {table: rules} if rules is not None else {})
             jumps_here = [jump for jump in jumps if jump.table is table]
             payload = render_full_replacing(single, {table: existing}, jumps_here)
             if payload:
                 yield payload
             continue
-        yield from _chunked_table(table, chains, existing,
-                                  stale_chains(ruleset, table, existing),
+        yield from _chunked_table(table, chains, existing, stale,
                                   jump_lines.get(table, []), chunk_chains)
 
 
@@ -93,17 +97,28 @@ def _chunked_table(table: Table, chains: Mapping[str, Chain], existing: set[str]
     if new:
         yield {table: _transaction(table, [f":{name} - [0:0]" for name in new])}
     order = leaves_first(chains)
-    for start in range(0, len(order), chunk_chains):
+    # Few stale chains go with the last group; many get steps of their own after it (all
+    # flushed first, so that none is still referenced when it is deleted).
+    stale_alone = len(stale) > chunk_chains
+    for start in range(0, max(len(order), 1), chunk_chains):
         group = order[start:start + chunk_chains]
         last = start + chunk_chains >= len(order)
         lines = [f":{chain.name} - [0:0]" for chain in group]
-        if last:
+        if last and not stale_alone:
             lines += [f":{name} - [0:0]" for name in stale]
         lines += rule_blocks(group)
         if last:
             lines += jump_lines
-            lines += [f"-X {name}" for name in stale]
+            if not stale_alone:
+                lines += [f"-X {name}" for name in stale]
         yield {table: _transaction(table, lines)}
+    if stale_alone:
+        for start in range(0, len(stale), chunk_chains):
+            group_names = stale[start:start + chunk_chains]
+            yield {table: _transaction(table, [f":{name} - [0:0]" for name in group_names])}
+        for start in range(0, len(stale), chunk_chains):
+            group_names = stale[start:start + chunk_chains]
+            yield {table: _transaction(table, [f"-X {name}" for name in group_names])}
 
 
 def _transaction(table: Table, lines: list[str]) -> str:

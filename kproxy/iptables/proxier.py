@@ -249,7 +249,7 @@ class IptablesProxier:
                         for table in KPROXY_TABLES}
             jumps = missing_jumps(planner.jumps, kernel)
             chunking = self._backend.chunking
-            if chunking is not None and chunking.applies(ruleset):
+            if chunking is not None and chunking.applies(ruleset, existing):
                 written = 0
                 for payloads in render_full_chunked(ruleset, existing, jumps,
                                                     chunking.chunk_chains):

@@ -224,3 +224,15 @@ def test_nft_listings_give_chain_names_and_one_chains_rules() -> None:
               '-A PREROUTING -m comment --comment "kproxy x" -j KPROXY-A\n'
               "-A PREROUTINGX -j ACCEPT\n")
     assert listed_rules(listed, "PREROUTING") == ('-m comment --comment "kproxy x" -j KPROXY-A',)
+
+
+def test_many_stale_chains_go_in_steps_of_their_own() -> None:
+    strict = FakeIptables(families=(V4,), complete_targets=True)
+    apply_chunks(strict, big_ruleset(30), chunk=10)
+    small = big_ruleset(2)  # 112 of the 120 service chains are gone
+    existing = {Table.NAT: strict.kproxy_chains(V4, Table.NAT)}
+    assert ChunkPolicy(threshold_chains=40, chunk_chains=10).applies(small, existing)
+    steps = apply_chunks(strict, small, chunk=10, existing=existing)
+    assert all(len(parse_restore(step[Table.NAT])[0].commands) <= 10
+               for step in steps[-4:] if Table.NAT in step)
+    assert strict.save(V4, Table.NAT) == one_transaction(small).save(V4, Table.NAT)
