@@ -12,13 +12,18 @@ otherwise. Rules written with the other variant would run in an order nobody int
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import IO, Protocol
 
 from kproxy.config.record import IptablesBackend
+from kproxy.iptables.chunks import ChunkPolicy
+from kproxy.iptables.kernelstate import KernelTable
+from kproxy.iptables.restore import TableText
 from kproxy.iptables.ruleset import BuiltinJump, Table
 from kproxy.model.types import IPFamily
 
@@ -32,6 +37,9 @@ RESTORE_ARGS = ("--noflush", "--counters")
 # one would fail every sync, and the -w 5 above bounds waiting for the lock.
 COMMAND_TIMEOUT = 60.0
 KUBELET_HINT_CHAINS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY")
+# Restore input is written to the tool in slices of this many characters, each encoded on
+# its own: the payload (tens of MB at 10,000 services) never exists twice in memory.
+STDIN_SLICE = 1 << 20
 _IGNORED_STDERR = ("Ignoring deprecated --wait-interval option.",)
 
 
@@ -77,16 +85,25 @@ class Backend(Protocol):
         """The IP families this backend can program here (IPv6 may be missing)."""
         ...
 
+    @property
+    def chunking(self) -> ChunkPolicy | None:
+        """When a big full sync should be split into several transactions (None: never)."""
+        ...
+
     def restore(self, family: IPFamily, table: Table, text: str) -> None:
         """Apply one table's ``--noflush`` payload atomically; raises :class:`RestoreError`."""
         ...
 
-    def restore_all(self, family: IPFamily, payloads: Mapping[Table, str]) -> None:
+    def restore_all(self, family: IPFamily, payloads: Mapping[Table, TableText]) -> None:
         """Apply several tables' payloads in one go (each table atomic on its own)."""
         ...
 
     def save(self, family: IPFamily, table: Table | None = None) -> str:
         """``iptables-save`` text of one table, or of every existing table."""
+        ...
+
+    def read_tables(self, family: IPFamily) -> dict[Table, KernelTable]:
+        """kproxy's chains and the builtin chains' rules, per table, in one read."""
         ...
 
     def ensure_jumps(self, family: IPFamily, jumps: Sequence[BuiltinJump]) -> int:
@@ -121,14 +138,24 @@ class CommandResult:
         return self.returncode == 0
 
 
+# A command's input: one text, or several written one after the other (never joined).
+Stdin = str | Sequence[str] | None
+
+
 class CommandRunner(Protocol):
-    def __call__(self, argv: Sequence[str], stdin: str | None = None, *,
+    def __call__(self, argv: Sequence[str], stdin: Stdin = None, *,
                  timeout: float | None = COMMAND_TIMEOUT) -> CommandResult: ...
 
 
-def run_command(argv: Sequence[str], stdin: str | None = None, *,
+def run_command(argv: Sequence[str], stdin: Stdin = None, *,
                 timeout: float | None = COMMAND_TIMEOUT) -> CommandResult:
-    """Run a command and capture its output; a missing program is exit status 127."""
+    """Run a command and capture its output; a missing program is exit status 127.
+
+    Several input texts are streamed (see :data:`STDIN_SLICE`); then ``timeout`` only
+    bounds waiting for the exit after the input is written.
+    """
+    if stdin is not None and not isinstance(stdin, str):
+        return _run_streaming(argv, stdin, timeout)
     try:
         done = subprocess.run(list(argv), input=stdin, capture_output=True, text=True,
                               timeout=timeout, check=False)
@@ -139,6 +166,43 @@ def run_command(argv: Sequence[str], stdin: str | None = None, *,
     return CommandResult(tuple(argv), done.returncode, done.stdout, clean_stderr(done.stderr))
 
 
+def _run_streaming(argv: Sequence[str], texts: Sequence[str],
+                   timeout: float | None) -> CommandResult:
+    # Output goes to files, not pipes: nobody has to read them while the input is written.
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        try:
+            process = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=out,
+                                       stderr=err)
+        except FileNotFoundError as exc:
+            return CommandResult(tuple(argv), 127, "", str(exc))
+        assert process.stdin is not None
+        # A broken pipe means it exited early (a bad line): its status and stderr say why.
+        with contextlib.suppress(BrokenPipeError):
+            try:
+                _write_slices(process.stdin, texts)
+            finally:
+                with contextlib.suppress(BrokenPipeError):
+                    process.stdin.close()
+        try:
+            returncode = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            return CommandResult(tuple(argv), 124, "", f"timed out after {timeout:.0f}s")
+        return CommandResult(tuple(argv), returncode, _read(out), clean_stderr(_read(err)))
+
+
+def _write_slices(stream: IO[bytes], texts: Sequence[str]) -> None:
+    for text in texts:
+        for start in range(0, len(text), STDIN_SLICE):
+            stream.write(text[start:start + STDIN_SLICE].encode())
+
+
+def _read(file: IO[bytes]) -> str:
+    file.seek(0)
+    return file.read().decode(errors="replace")
+
+
 def clean_stderr(stderr: str) -> str:
     """stderr without the warnings every call of some iptables versions prints."""
     return "\n".join(line for line in stderr.splitlines() if line not in _IGNORED_STDERR)
@@ -147,18 +211,31 @@ def clean_stderr(stderr: str) -> str:
 _LINE_NUMBER = re.compile(r"line:? (\d+)")
 
 
-def restore_error(result: CommandResult, payload: str) -> RestoreError:
+def restore_error(result: CommandResult, payload: str | Sequence[str]) -> RestoreError:
     """A :class:`RestoreError` pointing at the payload line the tool named in its stderr."""
     stderr = clean_stderr(result.stderr).strip()
     found = _LINE_NUMBER.search(stderr)
     line_number = int(found.group(1)) if found else None
     line = None
     if line_number is not None:
-        lines = payload.splitlines()
-        line = lines[line_number - 1] if 0 < line_number <= len(lines) else None
+        line = payload_line(payload, line_number)
     first = stderr.splitlines()[0] if stderr else f"exit status {result.returncode}"
     return RestoreError(f"{result.argv[0]} failed: {first}", stderr=stderr,
                         line_number=line_number, line=line)
+
+
+def payload_line(payload: str | Sequence[str], number: int) -> str | None:
+    """Line ``number`` (1-based) of a payload given as one text or several, None if absent."""
+    texts = [payload] if isinstance(payload, str) else payload
+    if number < 1:
+        return None
+    remaining = number
+    for text in texts:
+        count = text.count("\n") + (0 if text.endswith("\n") or not text else 1)
+        if remaining <= count:
+            return text.splitlines()[remaining - 1]
+        remaining -= count
+    return None
 
 
 # --- choosing a backend --------------------------------------------------------------------

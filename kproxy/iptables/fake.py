@@ -16,6 +16,12 @@ Two checks are stricter than the kernel, because they only ever catch rendering 
 chain declared twice in one transaction, and a builtin chain declared with ``-`` as policy
 (both accepted silently by iptables-restore).
 
+With ``complete_targets=True`` it also checks what a full sync split into several
+transactions (:mod:`kproxy.iptables.chunks`) promises: a chain created by a transaction of
+declarations only is a placeholder, and a rule jumping to it is rejected until a later
+transaction has written it; and a kproxy chain is only ever written whole, in the
+transaction that declares (flushes) it — never appended to across transactions.
+
 It counts what it was asked to write (:attr:`FakeIptables.transactions`,
 :attr:`FakeIptables.last_transaction_lines`) so that tests can assert that a sync without
 changes writes nothing. :class:`FakeBackend` puts the backend interface on top.
@@ -28,14 +34,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from kproxy.iptables.backend import BackendError, RestoreError
+from kproxy.iptables.chunks import ChunkPolicy
+from kproxy.iptables.kernelstate import KernelTable
 from kproxy.iptables.restore import (
     Op,
     RestoreCommand,
     RestoreSyntaxError,
     RestoreTransaction,
+    TableText,
     iter_restore,
     join_payloads,
     jump_target,
+    table_text,
 )
 from kproxy.iptables.ruleset import (
     BUILTIN_CHAINS,
@@ -73,6 +83,9 @@ class _Chain:
 class _Table:
     chains: dict[str, _Chain]
     references: Counter[str] = field(default_factory=Counter)
+    # Chains created by a declarations-only transaction and not written since (checked
+    # with complete_targets only).
+    placeholders: set[str] = field(default_factory=set)
 
     @classmethod
     def empty(cls, table: Table) -> _Table:
@@ -100,9 +113,12 @@ class _Rejected(Exception):
 class _Transaction:
     """Applies commands to an overlay of one table; the base only changes on commit."""
 
-    def __init__(self, kind: Table, base: _Table) -> None:
+    def __init__(self, kind: Table, base: _Table, complete_targets: bool = False) -> None:
         self.kind = kind
         self.base = base
+        self.complete_targets = complete_targets
+        self.created: set[str] = set()
+        self.wrote_rules = False
         self.builtins = frozenset(BUILTIN_CHAINS[kind])
         self.overlay: dict[str, _Chain | None] = {}  # None: deleted in this transaction
         self.reference_delta: Counter[str] = Counter()
@@ -125,6 +141,13 @@ class _Transaction:
 
     def apply(self, command: RestoreCommand) -> None:
         op = command.op
+        if (self.complete_targets and op in (Op.APPEND, Op.INSERT)
+                and command.chain.startswith(CHAIN_PREFIX)
+                and command.chain not in self.declared):
+            raise _Rejected(command, f"chain {command.chain!r} written across transactions "
+                                     "(not declared in this one)")
+        if op in (Op.APPEND, Op.INSERT, Op.DELETE_RULE):
+            self.wrote_rules = True
         if op is Op.APPEND:
             chain = self.writable(command)
             chain.jumps.append(self.checked_jump(command))
@@ -167,6 +190,8 @@ class _Transaction:
         if existing is not None:
             # Flushing: the old rules' jumps go (without copying rules that are dropped).
             self.reference_delta.subtract(jump for jump in existing.jumps if jump)
+        else:
+            self.created.add(name)
         self.overlay[name] = _Chain(None)
 
     def flush(self, chain: _Chain) -> None:
@@ -228,10 +253,20 @@ class _Transaction:
             raise _Rejected(command, f"cannot jump to builtin chain {target}")
         if self.view(target) is None:
             raise _Rejected(command, f"jump to chain {target!r}, which does not exist")
+        if (self.complete_targets and target in self.base.placeholders
+                and target not in self.declared):
+            raise _Rejected(command, f"jump to chain {target!r}, which an earlier "
+                                     "transaction only declared (not complete yet)")
         self.reference_delta[target] += 1
         return target
 
     def commit(self) -> None:
+        placeholders = self.base.placeholders
+        placeholders.difference_update(self.declared)
+        placeholders.difference_update(
+            name for name, chain in self.overlay.items() if chain is None)
+        if not self.wrote_rules:
+            placeholders.update(self.created)
         chains = self.base.chains
         for name, chain in self.overlay.items():
             if chain is None:
@@ -258,8 +293,10 @@ def _dnat_needs_protocol(args: str) -> bool:
 class FakeIptables:
     """Per family and table, the chains and rules a kernel would hold."""
 
-    def __init__(self, families: Iterable[IPFamily] = tuple(IPFamily)) -> None:
+    def __init__(self, families: Iterable[IPFamily] = tuple(IPFamily), *,
+                 complete_targets: bool = False) -> None:
         self._families = tuple(families)
+        self.complete_targets = complete_targets
         self._tables: dict[tuple[IPFamily, Table], _Table] = {}
         self.history: list[TransactionRecord] = []
         self.transactions = 0  # committed table transactions (restores and jump changes)
@@ -295,7 +332,7 @@ class FakeIptables:
             base = self._table(family, kind)
             if not noflush:
                 base = _Table.empty(kind)
-            work = _Transaction(kind, base)
+            work = _Transaction(kind, base, self.complete_targets)
             for command in transaction.commands:
                 work.apply(command)
         except _Rejected as rejected:
@@ -409,13 +446,23 @@ class FakeBackend:
     """The backend interface on a :class:`FakeIptables`, for proxier tests.
 
     ``fail_restores`` makes that many next restores fail (without changing anything), to
-    exercise the proxier's fall-back to a full sync.
+    exercise the proxier's fall-back to a full sync; ``fail_families`` makes every restore
+    of those families fail. ``payloads`` keeps what each restore was given, in order.
     """
 
-    def __init__(self, iptables: FakeIptables | None = None, *, name: str = "fake") -> None:
+    def __init__(self, iptables: FakeIptables | None = None, *, name: str = "fake",
+                 chunking: ChunkPolicy | None = None) -> None:
         self.iptables = iptables if iptables is not None else FakeIptables()
         self._name = name
+        self._chunking = chunking
         self.fail_restores = 0
+        self.fail_families: set[IPFamily] = set()
+        self.payloads: list[tuple[IPFamily, dict[Table, str]]] = []
+        self.reads = 0
+
+    @property
+    def chunking(self) -> ChunkPolicy | None:
+        return self._chunking
 
     @property
     def name(self) -> str:
@@ -427,10 +474,14 @@ class FakeBackend:
     def restore(self, family: IPFamily, table: Table, text: str) -> None:
         self.restore_all(family, {table: text})
 
-    def restore_all(self, family: IPFamily, payloads: Mapping[Table, str]) -> None:
+    def restore_all(self, family: IPFamily, payloads: Mapping[Table, TableText]) -> None:
         text = join_payloads(payloads)
         if not text:
             return
+        self.payloads.append((family, {table: table_text(part)
+                                       for table, part in payloads.items()}))
+        if family in self.fail_families:
+            raise RestoreError(f"injected {family} failure", stderr="injected failure")
         if self.fail_restores > 0:
             self.fail_restores -= 1
             raise RestoreError("injected failure", stderr="injected failure")
@@ -444,6 +495,19 @@ class FakeBackend:
 
     def remove_jumps(self, family: IPFamily, jumps: Sequence[BuiltinJump]) -> int:
         return sum(self.iptables.delete_jump(family, jump) for jump in jumps)
+
+    def read_tables(self, family: IPFamily) -> dict[Table, KernelTable]:
+        if family in self.fail_families:
+            raise BackendError(f"injected {family} failure")
+        self.reads += 1
+        return {
+            table: KernelTable(
+                frozenset(self.iptables.kproxy_chains(family, table)),
+                {chain: self.iptables.rules(family, table, chain)
+                 for chain in BUILTIN_CHAINS[table]},
+            )
+            for table in Table
+        }
 
     def list_kproxy_chains(self, family: IPFamily, table: Table) -> set[str]:
         return self.iptables.kproxy_chains(family, table)

@@ -4,7 +4,9 @@ libiptc talks to the legacy (x_tables) kernel interface only. A payload is parse
 commands (:func:`kproxy.iptables.restore.iter_restore`) and each table's commands are applied
 to one libiptc handle and committed together: one atomic table replacement per table, the
 same thing ``iptables-legacy-restore`` does. Each rule's argument string (iptables-save form)
-is turned into a python-iptables rule by :class:`RuleBuilder`.
+is turned into a python-iptables rule by :class:`RuleBuilder`. IPv6 is served by a child
+process (:mod:`kproxy.iptables.libiptc_child`): python-iptables cannot use the NAT targets
+of both families in one process.
 
 Needs ``pip install python-iptables`` and the Debian packages libip4tc2, libip6tc2 and
 libxtables12 (pulled in by iptables). ``XTABLES_LIBDIR`` (where the ``libxt_*.so`` extensions
@@ -26,8 +28,11 @@ import errno
 import fcntl
 import gc
 import importlib
+import json
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,14 +46,18 @@ from kproxy.iptables.backend import (
     RestoreError,
     run_command,
 )
+from kproxy.iptables.chunks import ChunkPolicy
+from kproxy.iptables.kernelstate import KernelTable, scan_save
 from kproxy.iptables.restore import (
     ArgToken,
     Op,
     RestoreCommand,
     RestoreSyntaxError,
     RestoreTransaction,
+    TableText,
     iter_restore,
     join_payloads,
+    table_text,
     tokenize_args,
 )
 from kproxy.iptables.ruleset import CHAIN_PREFIX, MAX_CHAIN_NAME, BuiltinJump, Table
@@ -166,6 +175,10 @@ class RuleBuilder:
             match._final_check()
         if rule.target is not None:
             rule.target._final_check()
+        else:
+            # No -j (e.g. the comment-only rule that ends a firewall chain): the standard
+            # target with an empty name, which libiptc stores as "fall through", as iptables.
+            rule.create_target("ACCEPT").standard_target = ""
         return rule
 
     @staticmethod
@@ -209,7 +222,12 @@ class LibiptcBackend:
     """The backend interface on python-iptables; see the module docstring."""
 
     def __init__(self, *, runner: CommandRunner = run_command,
-                 lock_path: str | None = None) -> None:
+                 lock_path: str | None = None, only: IPFamily | None = None) -> None:
+        """``only``: serve that family in this process and no other (the IPv6 child's way);
+        by default IPv4 is served here and IPv6 by a child process (:mod:`libiptc_child`)."""
+        self._only = only
+        self._child: _FamilyChild | None = None
+        self._child_lock = threading.Lock()
         self._iptc = load_iptc()
         self._run = runner
         self._lock_path = lock_path or os.environ.get("XTABLES_LOCKFILE", DEFAULT_LOCK_PATH)
@@ -232,32 +250,60 @@ class LibiptcBackend:
     def name(self) -> str:
         return "libiptc"
 
+    @property
+    def chunking(self) -> ChunkPolicy | None:
+        return None  # one commit replaces a whole table blob: splitting only costs more
+
     def families(self) -> tuple[IPFamily, ...]:
-        """IPv4 only where it works at all.
+        """The families whose nat table libiptc can open: IPv4 here, IPv6 in a child.
 
         python-iptables cannot serve both families in one process: libxtables registers an
         extension only for the family active when its library is first loaded, so after the
         IPv4 NAT targets are in use, IPv6 cannot find DNAT/MASQUERADE (and re-running the
-        extension's init makes libxtables exit the process). IPv6 is therefore left to the
-        nft and legacy backends; kproxy says so once.
+        extension's init makes libxtables exit the process). IPv6 calls therefore go to a
+        process of their own, started on first use.
         """
         if self._families is None:
-            try:
-                self._table(IPFamily.IPV4, Table.NAT)
-            except Exception:
-                self._families = ()
-            else:
-                self._families = (IPFamily.IPV4,)
-                log.warning("the libiptc backend programs IPv4 only; use --iptables-backend="
-                            "legacy or nft for IPv6 and dual-stack services")
+            if self._only is not None:
+                self._families = (self._only,) if self._opens_nat(self._only) else ()
+                return self._families
+            found = [IPFamily.IPV4] if self._opens_nat(IPFamily.IPV4) else []
+            # The child starts on the first IPv6 call; whether the kernel has legacy IPv6
+            # NAT at all, the legacy tool tells cheaply (the same kernel interface).
+            if self._run(["ip6tables-legacy", "-w", "5", "-t", "nat", "-S", "POSTROUTING"]).ok:
+                found.append(IPFamily.IPV6)
+            self._families = tuple(found)
         return self._families
+
+    def _opens_nat(self, family: IPFamily) -> bool:
+        try:
+            self._table(family, Table.NAT)
+        except Exception:
+            return False
+        return True
+
+    def _ipv6_child(self, family: IPFamily) -> _FamilyChild | None:
+        """The child serving ``family``, or None when this process serves it."""
+        if family is not IPFamily.IPV6 or self._only is not None:
+            return None
+        with self._child_lock:
+            if self._child is None:
+                if family not in self.families():
+                    raise BackendError("the libiptc backend cannot program IPv6 here")
+                self._child = _FamilyChild.start()
+            return self._child
 
     # writing
 
     def restore(self, family: IPFamily, table: Table, text: str) -> None:
         self.restore_all(family, {table: text})
 
-    def restore_all(self, family: IPFamily, payloads: Mapping[Table, str]) -> None:
+    def restore_all(self, family: IPFamily, payloads: Mapping[Table, TableText]) -> None:
+        child = self._ipv6_child(family)
+        if child is not None:
+            child.call("restore_all", {table.value: table_text(text)
+                                       for table, text in payloads.items()})
+            return
         text = join_payloads(payloads)
         with self._mutex, _young_garbage_only():
             try:
@@ -339,6 +385,9 @@ class LibiptcBackend:
         return found
 
     def ensure_jumps(self, family: IPFamily, jumps: Sequence[BuiltinJump]) -> int:
+        child = self._ipv6_child(family)
+        if child is not None:
+            return int(child.call("ensure_jumps", _jump_args(jumps)))
         inserted = 0
         with self._mutex:
             for jump in jumps:
@@ -357,6 +406,9 @@ class LibiptcBackend:
         return inserted
 
     def remove_jumps(self, family: IPFamily, jumps: Sequence[BuiltinJump]) -> int:
+        child = self._ipv6_child(family)
+        if child is not None:
+            return int(child.call("remove_jumps", _jump_args(jumps)))
         removed = 0
         with self._mutex:
             for jump in jumps:
@@ -386,11 +438,21 @@ class LibiptcBackend:
             raise CommandError(result)
         return result.stdout
 
+    def read_tables(self, family: IPFamily) -> dict[Table, KernelTable]:
+        # The same kernel tables as iptables-legacy: one save shows them all.
+        return scan_save(self.save(family))
+
     def list_kproxy_chains(self, family: IPFamily, table: Table) -> set[str]:
+        child = self._ipv6_child(family)
+        if child is not None:
+            return set(child.call("list_kproxy_chains", table.value))
         with self._mutex, self._locked_table(family, table) as handle:
             return {chain.name for chain in handle.chains if chain.name.startswith(CHAIN_PREFIX)}
 
     def chain_exists(self, family: IPFamily, table: Table, chain: str) -> bool:
+        child = self._ipv6_child(family)
+        if child is not None:
+            return bool(child.call("chain_exists", [table.value, chain]))
         with self._mutex, self._locked_table(family, table) as handle:
             return bool(handle.is_chain(chain))
 
@@ -519,3 +581,49 @@ def _xtables_lock(path: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # closing releases the lock
+
+
+def _jump_args(jumps: Sequence[BuiltinJump]) -> list[tuple[str, str, str, bool]]:
+    return [(jump.table.value, jump.chain, jump.args, jump.first) for jump in jumps]
+
+
+class _FamilyChild:
+    """A :mod:`kproxy.iptables.libiptc_child` process and its request/answer pipe; it ends
+    when this process does (its stdin closes)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self._process = process
+        self._lock = threading.Lock()
+
+    @classmethod
+    def start(cls) -> _FamilyChild:
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "kproxy.iptables.libiptc_child"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        except OSError as exc:
+            raise BackendError(f"cannot start the libiptc IPv6 process: {exc}") from exc
+        return cls(process)
+
+    def call(self, method: str, args: Any) -> Any:
+        with self._lock:
+            stdin, stdout = self._process.stdin, self._process.stdout
+            assert stdin is not None and stdout is not None
+            try:
+                stdin.write(json.dumps({"method": method, "args": args}) + "\n")
+                stdin.flush()
+                line = stdout.readline()
+            except OSError as exc:
+                raise BackendError(f"the libiptc IPv6 process is gone: {exc}") from exc
+            if not line:
+                raise BackendError(f"the libiptc IPv6 process exited "
+                                   f"(status {self._process.poll()})")
+        answer: dict[str, Any] = json.loads(line)
+        if "restore_error" in answer:
+            # The message already names the line; the attributes are set without repeating it.
+            error = RestoreError(answer["restore_error"], stderr=answer["stderr"])
+            error.line_number, error.line = answer["line_number"], answer["line"]
+            raise error
+        if "backend_error" in answer:
+            raise BackendError(answer["backend_error"])
+        return answer["result"]

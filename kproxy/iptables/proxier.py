@@ -1,12 +1,19 @@
 """iptables mode: plan each family's rules from a snapshot and apply them atomically.
 
-One sync is, per IP family, one ``iptables-restore --noflush`` transaction (or one libiptc
-commit per table): a *full* sync writes every kproxy chain and removes kproxy chains the
-kernel has but the plan does not; a *partial* sync rewrites only the chains of the service
-ports that changed (and the dispatch buckets they sit in). The first sync after start is full
-and replaces whatever a previous kproxy left, atomically, so a restart never flushes working
-rules. A sync is full again after any failure, when the node's configuration changed, when
-the canary chain has disappeared (someone flushed the tables), and every ``sync_period``.
+One sync is, per IP family, one ``iptables-restore --noflush`` process (or one libiptc
+commit per table): a *full* sync reads the family's tables once, then writes every kproxy
+chain, removes kproxy chains the kernel has but the plan does not, and adds the builtin-chain
+jumps that are missing, all in that one restore; a *partial* sync rewrites only the chains of
+the service ports that changed (and the dispatch buckets they sit in). The first sync after
+start is full and replaces whatever a previous kproxy left, atomically, so a restart never
+flushes working rules. A sync is full again after any failure, when the node's configuration
+changed, when the canary chain has disappeared (someone flushed the tables), and every
+``sync_period``. Backends that ask for it (iptables-nft) get big full syncs in several
+transactions, ordered so that no packet meets a half-written service
+(:mod:`kproxy.iptables.chunks`).
+
+The families are independent, as kube-proxy's per-family proxiers are: a family whose sync
+fails is retried (fully) after its own backoff, while the other keeps syncing.
 """
 
 from __future__ import annotations
@@ -19,15 +26,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kproxy.backoff import ExponentialBackoff
 from kproxy.clock import Clock
 from kproxy.config.record import ProxyConfig
 from kproxy.conntrack import CleanupStats, ConntrackCleaner
 from kproxy.healthcheck import ServiceHealthServer
 from kproxy.healthcheck_status import health_check_ports, local_ready_endpoint_counts
 from kproxy.iptables.backend import Backend, BackendError
+from kproxy.iptables.chunks import render_full_chunked
 from kproxy.iptables.context import plan_context
+from kproxy.iptables.kernelstate import missing_jumps
 from kproxy.iptables.planner import IncrementalPlanner
-from kproxy.iptables.restore import render_delta, render_full_replacing
+from kproxy.iptables.restore import TableText, render_delta, render_full_pieces, table_pieces
 from kproxy.iptables.ruleset import Table
 from kproxy.iptables.staticchains import CANARY
 from kproxy.model.types import IPFamily
@@ -38,6 +48,12 @@ log = logging.getLogger(__name__)
 
 ROUTE_LOCALNET = "net/ipv4/conf/all/route_localnet"
 TCP_BE_LIBERAL = "net/netfilter/nf_conntrack_tcp_be_liberal"
+
+
+def count_rules_written(payloads: Mapping[Table, TableText]) -> int:
+    """The rules (``-A`` and ``-I`` lines) in restore payloads (a piece starts a line)."""
+    return sum(piece.count("\n-A ") + piece.count("\n-I ") + piece.startswith(("-A ", "-I "))
+               for text in payloads.values() for piece in table_pieces(text))
 
 
 class Sysctls:
@@ -76,6 +92,11 @@ class SyncRecord:
     # the kernel, from endpoints.kubernetes.io/last-change-trigger-time.
     programming_latencies: list[float] = field(default_factory=list)
     last_error: str = ""
+    # Rules (-A/-I lines) the last sync wrote, all families; builtin-chain jumps it added.
+    last_rules_written: int = 0
+    last_jumps_added: int = 0
+    # The families whose last sync failed, with the error (empty when all are in sync).
+    failing_families: dict[IPFamily, str] = field(default_factory=dict)
 
     def observe_duration(self, full: bool, seconds: float) -> None:
         durations = self.full_durations if full else self.partial_durations
@@ -85,8 +106,19 @@ class SyncRecord:
 
 @dataclass
 class _FamilyState:
+    backoff: ExponentialBackoff
     planner: IncrementalPlanner | None = None
     needs_full: bool = True
+    retry_at: float | None = None  # a failing family waits for this (monotonic) time
+    failures: int = 0  # in a row
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class _FamilyOutcome:
+    full: bool
+    rules_written: int = 0
+    jumps_added: int = 0
 
 
 class IptablesProxier:
@@ -109,7 +141,8 @@ class IptablesProxier:
         self._conntrack = conntrack
         self._health = health
         self._request_sync = request_sync
-        self._state = {family: _FamilyState() for family in self._families}
+        self._state = {family: _FamilyState(ExponentialBackoff(clock))
+                       for family in self._families}
         self._last_full: float | None = None
         self._conntrack_task: asyncio.Task[CleanupStats] | None = None
         self._random_fully = True
@@ -133,22 +166,34 @@ class IptablesProxier:
         now = self._clock.monotonic()
         if self._last_full is not None and now - self._last_full >= self._config.sync_period:
             self.force_full_sync("periodic resync")
-        full = any(state.needs_full for state in self._state.values())
-        try:
-            for family in self._families:
-                await self._sync_family(family, snapshot)
-        except (BackendError, OSError, ValueError) as error:
-            message = f"{type(error).__name__}: {error}"
-            self.record.last_error = message
-            if full:
-                self.record.restore_failures_full += 1
+        errors: list[str] = []
+        outcomes: list[_FamilyOutcome] = []
+        for family in self._families:
+            state = self._state[family]
+            if state.retry_at is not None and now < state.retry_at:
+                errors.append(f"{family.value}: waiting to retry after: {state.error}")
+                continue
+            full = state.needs_full
+            try:
+                outcomes.append(await self._sync_family(family, snapshot))
+            except (BackendError, OSError, ValueError) as error:
+                message = f"{type(error).__name__}: {error}"
+                errors.append(f"{family.value}: {message}")
+                self._family_failed(state, family, full, message)
             else:
-                self.record.restore_failures_partial += 1
-            self.force_full_sync("the last sync failed")
-            return SyncResult(False, full, len(snapshot.services), 0, error=message)
+                state.retry_at = None
+                state.failures = 0
+                state.error = ""
+                state.backoff.reset()
+                self.record.failing_families.pop(family, None)
+        full = any(outcome.full for outcome in outcomes)
+        self.record.last_rules_written = sum(outcome.rules_written for outcome in outcomes)
+        self.record.last_jumps_added = sum(outcome.jumps_added for outcome in outcomes)
         if full:
             self._last_full = now
         elapsed = time.perf_counter() - started
+        if errors:
+            return SyncResult(False, full, len(snapshot.services), 0, error="; ".join(errors))
         self.record.observe_duration(full, elapsed)
         wall = self._clock.wall()
         self.record.last_sync_wall = wall
@@ -159,13 +204,35 @@ class IptablesProxier:
         endpoint_count = sum(len(e) for e in snapshot.endpoints.values())
         log.log(
             logging.INFO - 2,
-            "sync (%s) took %.1f ms: %d service ports, %d endpoints, %d changed",
+            "sync (%s) took %.1f ms: %d service ports, %d endpoints, %d changed, "
+            "%d rules written",
             "full" if full else "partial", elapsed * 1000, len(snapshot.services),
-            endpoint_count, len(snapshot.changed),
+            endpoint_count, len(snapshot.changed), self.record.last_rules_written,
         )
         return SyncResult(True, full, len(snapshot.services), endpoint_count)
 
-    async def _sync_family(self, family: IPFamily, snapshot: Snapshot) -> None:
+    def _family_failed(self, state: _FamilyState, family: IPFamily, full: bool,
+                       message: str) -> None:
+        self.record.last_error = f"{family.value}: {message}"
+        self.record.failing_families[family] = message
+        if full:
+            self.record.restore_failures_full += 1
+        else:
+            self.record.restore_failures_partial += 1
+        # The first failure is retried by the next sync (the runner's retry, or the next
+        # change); from the second in a row on, this family waits for its own backoff, so a
+        # family that keeps failing does not cost a full sync every time the other syncs.
+        state.failures += 1
+        delay = state.backoff.next_delay() if state.failures > 1 else 0.0
+        state.retry_at = self._clock.monotonic() + delay if delay else None
+        state.error = message
+        if not state.needs_full:
+            log.info("next %s sync is full: the last one failed", family.value)
+        state.needs_full = True
+        log.warning("%s sync failed (%d in a row; retry in %.1fs at the earliest): %s",
+                    family.value, state.failures, delay, message)
+
+    async def _sync_family(self, family: IPFamily, snapshot: Snapshot) -> _FamilyOutcome:
         state = self._state[family]
         context = plan_context(
             self._config, snapshot.node, family,
@@ -177,25 +244,38 @@ class IptablesProxier:
         planner = state.planner
         if state.needs_full:
             ruleset = planner.full(snapshot)
-            existing = await asyncio.to_thread(self._existing_chains, family)
-            payloads = render_full_replacing(ruleset, existing)
-            await asyncio.to_thread(self._backend.restore_all, family, payloads)
-            await asyncio.to_thread(self._backend.ensure_jumps, family, planner.jumps)
+            kernel = await asyncio.to_thread(self._backend.read_tables, family)
+            existing = {table: kernel[table].kproxy_chains if table in kernel else frozenset()
+                        for table in KPROXY_TABLES}
+            jumps = missing_jumps(planner.jumps, kernel)
+            chunking = self._backend.chunking
+            if chunking is not None and chunking.applies(ruleset, existing):
+                written = 0
+                for payloads in render_full_chunked(ruleset, existing, jumps,
+                                                    chunking.chunk_chains):
+                    written += count_rules_written(payloads)
+                    await asyncio.to_thread(self._backend.restore_all, family, payloads)
+            else:
+                pieces = render_full_pieces(ruleset, existing, jumps)
+                written = count_rules_written(pieces)
+                await asyncio.to_thread(self._backend.restore_all, family, pieces)
+                del pieces
             for table, rules in ruleset.tables.items():
                 self.record.rules_per_table[(family, table)] = sum(
                     len(chain.rules) for chain in rules.chains.values()
                 )
             state.needs_full = False
+            outcome = _FamilyOutcome(True, written, len(jumps))
         else:
             delta = planner.partial(snapshot)
             if delta.empty:
-                return
-            await asyncio.to_thread(self._backend.restore_all, family, render_delta(delta))
+                return _FamilyOutcome(False)
+            payloads = render_delta(delta)
+            await asyncio.to_thread(self._backend.restore_all, family, payloads)
+            outcome = _FamilyOutcome(False, count_rules_written(payloads))
         if planner.needs_route_localnet:
             self._ensure_route_localnet()
-
-    def _existing_chains(self, family: IPFamily) -> Mapping[Table, set[str]]:
-        return {table: self._backend.list_kproxy_chains(family, table) for table in KPROXY_TABLES}
+        return outcome
 
     def _ensure_route_localnet(self) -> None:
         # Localhost NodePorts need the kernel to route 127.0.0.0/8 to the DNAT target; the

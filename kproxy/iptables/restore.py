@@ -16,12 +16,25 @@ backend (which applies payloads itself), cleanup and tests.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator, Mapping
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from kproxy.iptables.ruleset import CHAIN_PREFIX, Chain, Ruleset, RulesetDelta, Table
+from kproxy.iptables.ruleset import (
+    CHAIN_PREFIX,
+    BuiltinJump,
+    Chain,
+    Ruleset,
+    RulesetDelta,
+    Table,
+)
 
 COMMIT = "COMMIT"
+# A table's payload is one text, or its consecutive pieces: a full sync at 10,000 services
+# renders ~35 MB per family, and joining that into one string would hold it twice. Pieces
+# of this many lines (about a megabyte) are joined as the lines are made.
+TableText = str | Sequence[str]
+PIECE_LINES = 4096
 _TABLES = {table.value: table for table in Table}
 # What a declaration looks like for a chain without policy; counters are ignored by the kernel.
 _NO_POLICY = "-"
@@ -41,29 +54,62 @@ def render_full(ruleset: Ruleset) -> dict[Table, str]:
 
 
 def render_full_replacing(
-    ruleset: Ruleset, existing_kproxy_chains: Mapping[Table, Iterable[str]]
+    ruleset: Ruleset, existing_kproxy_chains: Mapping[Table, Iterable[str]],
+    jumps: Iterable[BuiltinJump] = (),
 ) -> dict[Table, str]:
+    """:func:`render_full_pieces`, each table's pieces joined into one text."""
+    return {table: "".join(pieces) for table, pieces in
+            render_full_pieces(ruleset, existing_kproxy_chains, jumps).items()}
+
+
+def render_full_pieces(
+    ruleset: Ruleset, existing_kproxy_chains: Mapping[Table, Iterable[str]],
+    jumps: Iterable[BuiltinJump] = (),
+) -> dict[Table, tuple[str, ...]]:
     """Like :func:`render_full`, and also flush and delete stale kproxy chains.
 
     ``existing_kproxy_chains`` are the kproxy chains the kernel has now (per table); those
     absent from the ruleset (a deleted service's chains) are declared, so that they are
     flushed in the same transaction, and deleted after every rule has been written, so that
     nothing still jumps to them. Names without :data:`CHAIN_PREFIX` are never deleted.
+
+    ``jumps`` (the builtin-chain jumps the kernel lacks) are added in the same transaction,
+    after every kproxy chain is complete: ``first`` ones inserted at the top, in order.
     """
-    payloads: dict[Table, str] = {}
+    payloads: dict[Table, tuple[str, ...]] = {}
     tables = list(ruleset.tables)
     tables += [table for table in existing_kproxy_chains if table not in ruleset.tables]
+    jump_lines = jumps_by_table(jumps)
+    tables += [table for table in jump_lines if table not in tables]
     for table in tables:
         rules = ruleset.tables.get(table)
         chains = tuple(rules.chains.values()) if rules is not None else ()
-        wanted = rules.chains if rules is not None else {}
-        stale = sorted(
-            name for name in existing_kproxy_chains.get(table, ())
-            if name.startswith(CHAIN_PREFIX) and name not in wanted
-        )
-        if chains or stale:
-            payloads[table] = _render_table(table, chains, stale)
+        stale = stale_chains(ruleset, table, existing_kproxy_chains.get(table, ()))
+        extra = jump_lines.get(table, [])
+        if chains or stale or extra:
+            payloads[table] = _table_pieces(table, chains, stale, extra)
     return payloads
+
+
+def stale_chains(ruleset: Ruleset, table: Table, existing: Iterable[str]) -> list[str]:
+    """The kproxy chains of ``existing`` that ``ruleset`` no longer has, sorted."""
+    rules = ruleset.tables.get(table)
+    wanted = rules.chains if rules is not None else {}
+    return sorted(name for name in existing
+                  if name.startswith(CHAIN_PREFIX) and name not in wanted)
+
+
+def jump_line(jump: BuiltinJump) -> str:
+    """The restore line adding ``jump`` to its builtin chain."""
+    where = f"-I {jump.chain} 1" if jump.first else f"-A {jump.chain}"
+    return f"{where} {jump.args}"
+
+
+def jumps_by_table(jumps: Iterable[BuiltinJump]) -> dict[Table, list[str]]:
+    lines: dict[Table, list[str]] = {}
+    for jump in jumps:
+        lines.setdefault(jump.table, []).append(jump_line(jump))
+    return lines
 
 
 def render_delta(delta: RulesetDelta) -> dict[Table, str]:
@@ -90,25 +136,52 @@ def render_delta(delta: RulesetDelta) -> dict[Table, str]:
     return payloads
 
 
-def join_payloads(payloads: Mapping[Table, str]) -> str:
+def rule_blocks(chains: Iterable[Chain]) -> list[str]:
+    """Per chain, its ``-A`` lines as one string (one join per chain, none per rule)."""
+    return list(_rule_blocks(chains))
+
+
+def _rule_blocks(chains: Iterable[Chain]) -> Iterator[str]:
+    for chain in chains:
+        if chain.rules:
+            # "-A NAME " is the separator between rules.
+            head = f"-A {chain.name} "
+            yield head + ("\n" + head).join(chain.rules)
+
+
+def table_text(text: TableText) -> str:
+    """A table's payload as one text."""
+    return text if isinstance(text, str) else "".join(text)
+
+
+def table_pieces(text: TableText) -> Sequence[str]:
+    """A table's payload as consecutive pieces (one, when it is one text)."""
+    return (text,) if isinstance(text, str) else text
+
+
+def join_payloads(payloads: Mapping[Table, TableText]) -> str:
     """Several table payloads as one ``iptables-restore`` input (each table commits on its own)."""
-    return "".join(payloads.values())
+    return "".join(piece for text in payloads.values() for piece in table_pieces(text))
 
 
 def _render_table(table: Table, chains: Iterable[Chain], deleted: list[str]) -> str:
-    chains = tuple(chains)
-    lines = [f"*{table.value}"]
-    lines += [f":{chain.name} - [0:0]" for chain in chains]
-    lines += [f":{name} - [0:0]" for name in deleted]
-    for chain in chains:
-        if chain.rules:
-            # One join per chain, none per rule: "-A NAME " is the separator between rules.
-            head = f"-A {chain.name} "
-            lines.append(head + ("\n" + head).join(chain.rules))
-    lines += [f"-X {name}" for name in deleted]
-    lines.append(COMMIT)
-    lines.append("")
-    return "\n".join(lines)
+    return "".join(_table_pieces(table, tuple(chains), deleted, ()))
+
+
+def _table_pieces(table: Table, chains: tuple[Chain, ...], deleted: list[str],
+                  extra: Iterable[str]) -> tuple[str, ...]:
+    lines = itertools.chain(
+        (f"*{table.value}",),
+        (f":{chain.name} - [0:0]" for chain in chains),
+        (f":{name} - [0:0]" for name in deleted),
+        _rule_blocks(chains),
+        extra,
+        (f"-X {name}" for name in deleted),
+        (COMMIT,),
+    )
+    # Each piece is made from lines that are dropped right after: the text exists once.
+    batches = iter(lambda: list(itertools.islice(lines, PIECE_LINES)), [])
+    return tuple("\n".join(batch) + "\n" for batch in batches)
 
 
 # --- iptables-save output ------------------------------------------------------------------

@@ -26,15 +26,19 @@ import pytest
 from kproxy.config.record import IptablesBackend
 from kproxy.devcluster.netns import NetNamespace
 from kproxy.iptables.backend import Backend, BackendError, RestoreError, detect_mode
+from kproxy.iptables.chunks import ChunkPolicy
 from kproxy.iptables.cleanup import cleanup
 from kproxy.iptables.fake import FakeIptables
+from kproxy.iptables.kernelstate import KernelTable, scan_save
 from kproxy.iptables.restore import (
     ParsedTable,
+    TableText,
     join_payloads,
     parse_save,
     render_delta,
     render_full,
     render_full_replacing,
+    table_text,
 )
 from kproxy.iptables.restore_backend import RestoreBackend
 from kproxy.iptables.ruleset import BuiltinJump, Chain, Ruleset, RulesetDelta, Table, TableRules
@@ -112,9 +116,10 @@ class LibiptcInNamespace:
     def restore(self, family: IPFamily, table: Table, text: str) -> None:
         self.restore_all(family, {table: text})
 
-    def restore_all(self, family: IPFamily, payloads: Mapping[Table, str]) -> None:
+    def restore_all(self, family: IPFamily, payloads: Mapping[Table, TableText]) -> None:
         self._call("restore_all", family,
-                   {"payloads": {table.value: text for table, text in payloads.items()}})
+                   {"payloads": {table.value: table_text(text)
+                                 for table, text in payloads.items()}})
 
     def save(self, family: IPFamily, table: Table | None = None) -> str:
         return str(self._call("save", family, table.value if table else None))
@@ -124,6 +129,13 @@ class LibiptcInNamespace:
 
     def remove_jumps(self, family: IPFamily, jumps: Sequence[BuiltinJump]) -> int:
         return int(self._call("remove_jumps", family, _jumps(jumps)))
+
+    @property
+    def chunking(self) -> ChunkPolicy | None:
+        return None
+
+    def read_tables(self, family: IPFamily) -> dict[Table, KernelTable]:
+        return scan_save(self.save(family))  # what LibiptcBackend.read_tables does
 
     def list_kproxy_chains(self, family: IPFamily, table: Table) -> set[str]:
         return set(self._call("list_kproxy_chains", family, table.value))
@@ -290,8 +302,9 @@ def apply_both(backend: Backend, fake: FakeIptables, family: IPFamily,
 def test_full_sync_delta_and_replacing_sync_match_the_fake(backend: Backend,
                                                            family: IPFamily) -> None:
     if backend.name == "libiptc" and family is V6:
-        pytest.skip("the libiptc backend programs IPv4 only: python-iptables cannot load the "
-                    "IPv6 NAT targets once the IPv4 ones are registered in the same process")
+        # Each call here is a fresh process (and IPv6 a second one): about a minute. The
+        # IPv6 flow suite programs a dual-stack lab through libiptc instead.
+        pytest.skip("libiptc IPv6 is checked by the IPv6 flow suite (CI time)")
     assert family in backend.families()
     fake = FakeIptables()
     first = sample_ruleset(family, [("a", 2), ("b", 2), ("c", 3)])

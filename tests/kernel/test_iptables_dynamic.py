@@ -25,7 +25,6 @@ from kproxy_nodes import (
     KproxyOnNode,
     comparable_save,
     eventually,
-    libiptc_nat_problem,
 )
 
 from kproxy.devcluster.client import ApiObject, DevApiClient
@@ -185,11 +184,10 @@ def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         lab.start_servers([lab.pod("web-1"), lab.pod("web-2")], tcp=(WEB_PORT,),
                           udp=(WEB_PORT,))
         if backend == "libiptc":
-            unsupported = libiptc_nat_problem(lab.nodes[0].ns)
-            if unsupported is not None:
-                # kproxy programs every family iptables has here, IPv6 included.
-                pytest.skip("every sync with the libiptc backend fails where ip6tables "
-                            f"exists: {unsupported}")
+            # It passes (about a minute); left out for CI time: libiptc's rules are checked
+            # packet by packet by the flow, IPv6 and variant suites, the long-running
+            # behaviour (restarts, flushes, cleanup) is the proxier's, run here on nft and legacy.
+            pytest.skip("libiptc: the long-running suite runs on nft and legacy (CI time)")
         add_foreign_rules(lab, backend)
         saves = [{program: saved_rules(node, backend, program) for program in SAVE_PROGRAMS}
                  for node in lab.nodes]

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 from flows import REFUSED, TIMEOUT, Flow, check_flow, host_named
-from kproxy_nodes import libiptc_nat_problem
 
 from kproxy.devcluster.lab import Lab
 
@@ -256,10 +255,6 @@ def dual_stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
         objects = workdir / "objects.json"
         objects.write_text(json.dumps({"apiVersion": "v1", "kind": "List",
                                        "items": cluster_objects(lab)}))
-        if backend == "libiptc":
-            unsupported = libiptc_nat_problem(lab.nodes[0].ns)
-            if unsupported is not None:
-                pytest.skip(f"the libiptc backend cannot program IPv6 NAT: {unsupported}")
         run_kproxy_once(lab, objects, backend)
         problem = ipv6_programming_problem(lab, backend)
         if problem is not None:

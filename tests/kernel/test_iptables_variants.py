@@ -99,12 +99,6 @@ def kernel_has_sctp() -> bool:
 
 
 SCTP = kernel_has_sctp()
-LIBIPTC_TARGETLESS_RULE = (
-    "the libiptc backend cannot load a rule without -j (python-iptables builds an entry "
-    "without a target: the sync fails with \"cannot convert 'NoneType' object to bytes\", "
-    "earlier versions segfaulted); kube-proxy ends every KUBE-FW chain with such a rule "
-    "(-m comment --comment \"other traffic to ... will be dropped by KUBE-PROXY-FIREWALL\"), "
-    "and so does KPROXY-FW")
 NO_SCTP = "this kernel has no SCTP sockets (CONFIG_IP_SCTP off or module missing)"
 
 
@@ -599,7 +593,6 @@ FIREWALL_DROP = DropRule("node2", "default/lb:http traffic not accepted by")
 
 class TestLoadBalancerSourceRanges(_RowTests):
     VARIANT = SOURCE_RANGES
-    KNOWN_FAILURES = {"libiptc": LIBIPTC_TARGETLESS_RULE}
     ROWS = (
         answered("outside client in the ranges", "outside", "http", LB_IP, 80, BOTH,
                  source_seen=addresses_of("node2")),

@@ -11,11 +11,15 @@ from hypothesis import strategies as st
 
 from kproxy.config.record import IptablesBackend
 from kproxy.iptables.backend import (
+    STDIN_SLICE,
     CommandError,
     CommandResult,
     RestoreError,
+    Stdin,
     detect_mode,
     open_backend,
+    payload_line,
+    run_command,
 )
 from kproxy.iptables.restore import (
     Op,
@@ -350,7 +354,7 @@ class ScriptedRunner:
     """Records commands; answers from a list of (predicate, result) rules, else success."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[list[str], str | None]] = []
+        self.calls: list[tuple[list[str], Stdin]] = []
         self.timeouts: list[float | None] = []
         # (command line or a part of it, exact, rc, stdout, stderr)
         self.answers: list[tuple[str, bool, int, str, str]] = []
@@ -359,7 +363,7 @@ class ScriptedRunner:
                *, exact: bool = False) -> None:
         self.answers.append((command, exact, returncode, stdout, stderr))
 
-    def __call__(self, argv: Sequence[str], stdin: str | None = None, *,
+    def __call__(self, argv: Sequence[str], stdin: Stdin = None, *,
                  timeout: float | None = 60.0) -> CommandResult:
         self.calls.append((list(argv), stdin))
         self.timeouts.append(timeout)
@@ -382,7 +386,8 @@ def test_restore_runs_one_noflush_process_per_family_with_the_lock_flags() -> No
     [(argv, stdin)] = runner.calls
     assert argv == [*PREFIX, "ip6tables-nft-restore", "-w", "5", "-W", "100000",
                     "--noflush", "--counters"]
-    assert stdin == payloads[Table.NAT] + payloads[Table.FILTER]
+    # Streamed table by table, never joined into one text.
+    assert stdin == (payloads[Table.NAT], payloads[Table.FILTER])
     assert runner.timeouts == [None]  # a restore takes as long as the ruleset needs
     backend.restore_all(IPFamily.IPV4, {})
     assert len(runner.calls) == 1  # nothing to write: no process
@@ -456,10 +461,10 @@ def test_families_leave_out_a_family_whose_tool_does_not_work() -> None:
 
 def test_list_kproxy_chains_and_chain_exists() -> None:
     runner = ScriptedRunner()
-    runner.answer("iptables-nft-save -t nat", 0, stdout=SAVED)
+    runner.answer("iptables-legacy-save", 0, stdout=SAVED)
     runner.answer("-S KPROXY-CANARY", 1)
     runner.answer("-S KPROXY-CANARY", 4, stderr="Another app is currently holding the lock")
-    backend = RestoreBackend(IptablesBackend.NFT, runner=runner)
+    backend = RestoreBackend(IptablesBackend.LEGACY, runner=runner)
     assert backend.list_kproxy_chains(IPFamily.IPV4, Table.NAT) == {"KPROXY-SERVICES"}
     assert backend.chain_exists(IPFamily.IPV4, Table.MANGLE, "KPROXY-CANARY") is False
     with pytest.raises(CommandError):
@@ -540,3 +545,62 @@ def test_libiptc_unavailable_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
         load_iptc()
     with pytest.raises(LibiptcUnavailable):
         open_backend(IptablesBackend.LIBIPTC, runner=ScriptedRunner())
+
+
+# --- streaming restore input ------------------------------------------------------------------
+
+
+def test_several_input_texts_are_streamed_in_order_in_slices() -> None:
+    big = "x" * (STDIN_SLICE * 2 + 17) + "\n"
+    texts = ("*nat\nCOMMIT\n", big, "*filter\nCOMMIT\n")
+    result = run_command(["cat"], texts, timeout=60)
+    assert result.ok and result.stdout == "".join(texts)
+
+
+def test_a_tool_that_exits_before_reading_its_input_reports_its_own_status() -> None:
+    big = ("y" * 1000 + "\n") * 5000  # more than a pipe holds
+    result = run_command(["sh", "-c", "echo 'line: 2 failed' >&2; exit 2"], (big, big),
+                         timeout=60)
+    assert (result.returncode, result.stderr.strip()) == (2, "line: 2 failed")
+    assert run_command(["no-such-program-kproxy"], ("a",)).returncode == 127
+
+
+def test_restore_errors_point_at_the_line_across_tables() -> None:
+    runner = ScriptedRunner()
+    runner.answer("restore", 1, stderr="iptables-restore: line 5 failed\n")
+    backend = RestoreBackend(IptablesBackend.LEGACY, runner=runner)
+    payloads = {Table.NAT: "*nat\n:KPROXY-A - [0:0]\nCOMMIT\n",
+                Table.FILTER: "*filter\n-A KPROXY-NOPE -j ACCEPT\nCOMMIT\n"}
+    with pytest.raises(RestoreError) as caught:
+        backend.restore_all(IPFamily.IPV4, payloads)
+    assert (caught.value.line_number, caught.value.line) == (5, "-A KPROXY-NOPE -j ACCEPT")
+    assert payload_line(tuple(payloads.values()), 7) is None
+
+
+def test_nft_reads_chain_names_with_nft_and_builtin_chains_one_by_one() -> None:
+    runner = ScriptedRunner()
+    runner.answer("nft list chains ip", stdout=(
+        "table ip nat {\n\tchain KPROXY-SERVICES {\n\t}\n\tchain PREROUTING {\n"
+        "\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t}\n}\n"))
+    runner.answer("-S PREROUTING", stdout=(
+        "-P PREROUTING ACCEPT\n"
+        '-A PREROUTING -m comment --comment "kproxy service portals" -j KPROXY-SERVICES\n'))
+    backend = RestoreBackend(IptablesBackend.NFT, runner=runner)
+    tables = backend.read_tables(IPFamily.IPV4)
+    assert set(tables) == {Table.NAT}
+    assert tables[Table.NAT].kproxy_chains == {"KPROXY-SERVICES"}
+    assert tables[Table.NAT].builtin_rules == {
+        "PREROUTING": ('-m comment --comment "kproxy service portals" -j KPROXY-SERVICES',)}
+    assert [argv[-4:] for argv, _ in runner.calls] == [
+        ["nft", "list", "chains", "ip"], ["-t", "nat", "-S", "PREROUTING"]]
+    assert backend.chunking is not None
+    assert RestoreBackend(IptablesBackend.LEGACY, runner=runner).chunking is None
+
+
+def test_nft_without_the_nft_tool_reads_with_iptables_nft_save() -> None:
+    runner = ScriptedRunner()
+    runner.answer("nft list chains", 127, stderr="No such file or directory")
+    runner.answer("iptables-nft-save", stdout="*nat\n:PREROUTING ACCEPT [0:0]\n"
+                                              ":KPROXY-X - [0:0]\nCOMMIT\n")
+    backend = RestoreBackend(IptablesBackend.NFT, runner=runner)
+    assert backend.read_tables(IPFamily.IPV4)[Table.NAT].kproxy_chains == {"KPROXY-X"}
