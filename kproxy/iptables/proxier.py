@@ -29,7 +29,7 @@ from pathlib import Path
 from kproxy.backoff import ExponentialBackoff
 from kproxy.clock import Clock
 from kproxy.config.record import ProxyConfig
-from kproxy.conntrack import CleanupStats, ConntrackCleaner
+from kproxy.conntrack import ConntrackCleaner
 from kproxy.healthcheck import ServiceHealthServer
 from kproxy.healthcheck_status import health_check_ports, local_ready_endpoint_counts
 from kproxy.iptables.backend import Backend, BackendError
@@ -144,7 +144,8 @@ class IptablesProxier:
         self._state = {family: _FamilyState(ExponentialBackoff(clock))
                        for family in self._families}
         self._last_full: float | None = None
-        self._conntrack_task: asyncio.Task[CleanupStats] | None = None
+        self._conntrack_task: asyncio.Task[None] | None = None
+        self._conntrack_pending: Snapshot | None = None
         self._random_fully = True
         self._sysctls = sysctls or Sysctls()
         self._tcp_be_liberal = self._sysctls.read(TCP_BE_LIBERAL) == "1"
@@ -296,11 +297,20 @@ class IptablesProxier:
             self._health.update_endpoints(
                 local_ready_endpoint_counts(snapshot, self._config.hostname, only=ports)
             )
-        if self._conntrack is not None and (
-            self._conntrack_task is None or self._conntrack_task.done()
-        ):
+        if self._conntrack is not None:
             # Stale UDP flows are removed after the rules are in place, off the sync path.
-            self._conntrack_task = asyncio.create_task(self._conntrack.reconcile(snapshot))
+            self._conntrack_pending = snapshot
+            if self._conntrack_task is None or self._conntrack_task.done():
+                self._conntrack_task = asyncio.create_task(
+                    self._reconcile_conntrack(self._conntrack))
+
+    async def _reconcile_conntrack(self, cleaner: ConntrackCleaner) -> None:
+        # A sync that lands while a reconcile runs is not dropped: its snapshot (the newest
+        # one) is reconciled next. Otherwise a UDP endpoint added and the old one removed
+        # within one reconcile would leave the old flow until the next periodic sync.
+        while self._conntrack_pending is not None:
+            snapshot, self._conntrack_pending = self._conntrack_pending, None
+            await cleaner.reconcile(snapshot)
 
     # -- canary -------------------------------------------------------------------------------
 

@@ -378,3 +378,35 @@ async def test_an_ipv4_failure_does_not_hold_back_ipv6() -> None:
     assert not result.ok and result.error.startswith("IPv4: ")
     assert "[fd00:244::99]:8080" in world.kernel.save(V6, Table.NAT)
     assert world.proxier.record.restore_failures_partial == 1
+
+
+class BlockingConntrack:
+    """A conntrack cleaner whose reconciles wait for the test, recording their snapshots."""
+
+    def __init__(self) -> None:
+        self.reconciled: list[int] = []
+        self.release = asyncio.Event()
+
+    async def reconcile(self, snapshot: Snapshot) -> None:
+        await self.release.wait()
+        self.reconciled.append(snapshot.generation)
+
+
+async def test_a_sync_during_a_conntrack_reconcile_is_reconciled_after_it() -> None:
+    world = World()
+    conntrack = BlockingConntrack()
+    world.proxier = world.new_proxier(conntrack=conntrack)
+    await world.sync()
+    await asyncio.sleep(0)  # the first reconcile starts and waits
+    world.tracker.upsert_endpoint_slice(web_slice("svc-0", "10.244.1.50"))
+    await world.sync()
+    world.tracker.upsert_endpoint_slice(web_slice("svc-0", "10.244.1.51"))
+    await world.sync()
+    newest = world.tracker.snapshot().generation
+    conntrack.release.set()
+    for _ in range(10):
+        await asyncio.sleep(0)
+    # The first snapshot, then only the newest of those that came while it ran.
+    assert len(conntrack.reconciled) == 2
+    assert conntrack.reconciled[1] == newest
+    await world.proxier.close()
