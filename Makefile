@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-SYSTEM_TOOLS := iptables iptables-restore conntrack ip
+SYSTEM_TOOLS := iptables iptables-restore conntrack ip nft
 # What bench/bench_userspace.py compares kproxy's relay with and loads it with (not needed by tests).
 BENCH_TOOLS := haproxy iperf3 wrk socat
 
@@ -25,8 +25,8 @@ SMOKE_PROXY ?= $(if $(findstring beside,$(VARIANT)),kproxy,)
 system-deps:
 	@missing=0; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null 2>&1 || missing=1; done; \
 	if [ $$missing = 1 ]; then \
-	  echo "installing iptables, conntrack, iproute2"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables conntrack iproute2 >/dev/null; \
+	  echo "installing iptables, conntrack, iproute2, nftables"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables conntrack iproute2 nftables >/dev/null; \
 	fi
 
 # The load generators and the reference proxy of the benchmarks, only when one is missing.

@@ -8,8 +8,6 @@
   stdin, one line sent, one answer printed.
 * :func:`eventually`: poll a check until it reports no problems, within a bound.
 * :func:`comparable_save`: ``iptables-save`` text reduced to what a cleanup must restore.
-* :func:`libiptc_nat_problem`: whether the libiptc backend can build NAT rules of both
-  families in one process (a precise skip reason when it cannot).
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from kproxy.devcluster.lab import LabHost
-from kproxy.devcluster.netns import NetNamespace
 
 POLL_INTERVAL = 0.2
 # Bounds on waiting for kproxy; never a performance expectation.
@@ -217,28 +214,3 @@ if __name__ == "__main__":
 # --- what the libiptc backend can do here -----------------------------------------------------
 
 # Builds, in one process as kproxy does, the NAT targets of IPv4 rules, then of IPv6 ones.
-_LIBIPTC_NAT_TARGETS_CHECK = """
-from kproxy.iptables.libiptc_backend import RuleBuilder, load_iptc
-from kproxy.model.types import IPFamily
-iptc = load_iptc()
-for family, endpoint in ((IPFamily.IPV4, "10.0.0.1:8080"), (IPFamily.IPV6, "[fd00::1]:8080")):
-    for target, args in (("MASQUERADE", "-j MASQUERADE"),
-                         ("DNAT", "-p tcp -j DNAT --to-destination " + endpoint)):
-        try:
-            RuleBuilder(iptc, family).build(args, lambda _chain: False)
-        except Exception as error:
-            print(family.value, target, error)
-"""
-
-
-def libiptc_nat_problem(ns: NetNamespace) -> str | None:
-    """Why the libiptc backend cannot build IPv4 and then IPv6 NAT rules in one process
-    (run inside ``ns``), or None when it can."""
-    done = ns.run([sys.executable, "-c", _LIBIPTC_NAT_TARGETS_CHECK], check=False)
-    failures = "; ".join(line for line in done.stdout.splitlines() if line.strip())
-    if done.returncode == 0 and not failures:
-        return None
-    detail = failures or done.stderr.strip()[-300:]
-    return (f"python-iptables fails building NAT targets after the IPv4 ones ({detail}): "
-            "DNAT and MASQUERADE live in libxt_NAT.so, which registers only the family "
-            "active when it is first loaded")
