@@ -4,7 +4,6 @@ node, and a view of what kproxy's tracker sees there. Shared by the tests and ``
 
 from __future__ import annotations
 
-import importlib
 import json
 import queue
 import socket
@@ -25,8 +24,6 @@ API_PORT = 6443
 CLUSTER_CIDR = "10.244.0.0/16"  # every node's pod CIDR is inside it
 ZONE_LABEL = "topology.kubernetes.io/zone"
 PROXY_MODES = ("iptables", "userspace")
-USERSPACE_MODULE = "kproxy.userspace.proxier"
-USERSPACE_MISSING = "userspace mode: not in this build"
 START_LIMIT = 20.0  # bounds a hang; never a performance expectation
 STOP_GRACE = 15.0
 
@@ -131,18 +128,6 @@ def endpoints_of(state: TrackerState, port_name: str) -> list[str]:
 
 
 # --- modes -----------------------------------------------------------------------------------
-
-
-def mode_unavailable(mode: str) -> str | None:
-    """Why ``kproxy run --proxy-mode MODE`` cannot run in this build (None: it can)."""
-    if mode not in PROXY_MODES:
-        raise ValueError(f"proxy mode must be one of {PROXY_MODES}: {mode!r}")
-    if mode == "userspace":
-        try:
-            importlib.import_module(USERSPACE_MODULE)
-        except ImportError:
-            return USERSPACE_MISSING
-    return None
 
 
 def kproxy_run_args(mode: str, kubeconfig: Path, node: LabHost, *,

@@ -27,7 +27,6 @@ from kproxy.devcluster.cluster import (
     PROXY_MODES,
     DevCluster,
     kproxy_run_args,
-    mode_unavailable,
 )
 from kproxy.devcluster.lab import VXLAN_DEVICE, VXLAN_ID, VXLAN_PORT, Node, Pod
 from kproxy.devcluster.loadgen import LoadGenerator
@@ -70,14 +69,8 @@ def run(args: argparse.Namespace) -> int:
     modes = [first, *(mode for mode in PROXY_MODES if mode != first)]
     try:
         with tempfile.TemporaryDirectory(prefix="kproxy-demo-") as workdir:
-            for index, mode in enumerate(modes):
+            for mode in modes:
                 say(f"\n=== {mode} mode ===")
-                missing = mode_unavailable(mode)
-                if missing is not None:
-                    if index == 0:
-                        raise DemoFailure(f"{missing} (asked for with --proxy-mode)")
-                    say(missing)
-                    continue
                 workspace = Path(workdir) / mode
                 workspace.mkdir()
                 ModeDemo(workspace, mode).run()

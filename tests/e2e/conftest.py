@@ -1,6 +1,5 @@
-"""Fixtures of the end-to-end suite: one dev cluster with kproxy per module and proxy mode
-(userspace cases skip, with the reason, where this build has no userspace mode), and a
-:class:`Case` per test that leaves the cluster clean."""
+"""Fixtures of the end-to-end suite: one dev cluster with kproxy per module and proxy mode,
+and a :class:`Case` per test that leaves the cluster clean."""
 
 from __future__ import annotations
 
@@ -9,16 +8,13 @@ from collections.abc import Iterator
 import pytest
 from e2e_cluster import NO_ICMP_RATE_LIMIT, Case, E2eCluster, start_kproxy
 
-from kproxy.devcluster.cluster import PROXY_MODES, DevCluster, mode_unavailable
+from kproxy.devcluster.cluster import PROXY_MODES, DevCluster
 
 
 @pytest.fixture(scope="module", params=PROXY_MODES)
 def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[E2eCluster]:
     mode: str = request.param
-    missing = mode_unavailable(mode)
-    if missing is not None:
-        pytest.skip(missing)
     workdir = tmp_path_factory.mktemp(f"e2e-{mode}")
     with DevCluster(workdir) as dev:
         for node in dev.nodes:

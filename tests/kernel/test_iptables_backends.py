@@ -298,13 +298,14 @@ def apply_both(backend: Backend, fake: FakeIptables, family: IPFamily,
 # --- tests ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family", [V4, V6])
+# libiptc IPv6 is left out here: each call is a fresh process (and IPv6 a second one), about
+# a minute; the IPv6 flow suite programs a dual-stack lab through libiptc instead.
+@pytest.mark.parametrize(("backend", "family"),
+                         [(kind, family) for kind in BACKENDS for family in (V4, V6)
+                          if (kind, family) != ("libiptc", V6)],
+                         indirect=["backend"])
 def test_full_sync_delta_and_replacing_sync_match_the_fake(backend: Backend,
                                                            family: IPFamily) -> None:
-    if backend.name == "libiptc" and family is V6:
-        # Each call here is a fresh process (and IPv6 a second one): about a minute. The
-        # IPv6 flow suite programs a dual-stack lab through libiptc instead.
-        pytest.skip("libiptc IPv6 is checked by the IPv6 flow suite (CI time)")
     assert family in backend.families()
     fake = FakeIptables()
     first = sample_ruleset(family, [("a", 2), ("b", 2), ("c", 3)])

@@ -14,7 +14,6 @@ import pytest
 from kproxy.devcluster.cluster import (
     DevCluster,
     kproxy_run_args,
-    mode_unavailable,
     node_object,
     zone_of,
 )
@@ -82,9 +81,6 @@ def test_kproxy_run_args_name_the_mode_and_node() -> None:
     assert args[:3] == ["--proxy-mode=userspace", "--kubeconfig=/k/kubeconfig",
                         "--hostname-override=node2"]
     assert "--iptables-min-sync-period=0s" in args
-    assert mode_unavailable("iptables") is None
-    with pytest.raises(ValueError, match="proxy mode must be one of"):
-        mode_unavailable("ipvs")
 
 
 def test_load_generator_reads_only_pod_server_answers() -> None:
