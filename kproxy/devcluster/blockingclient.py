@@ -88,6 +88,9 @@ class BlockingApiClient:
                namespace: str | None = "default") -> ApiObject:
         return self._call("delete", api_version, kind, name, namespace)
 
+    def refusals(self) -> ApiObject:
+        return self._call("refusals")
+
     def delete_if_present(self, api_version: str, kind: str, name: str,
                           namespace: str | None = "default") -> bool:
         """Delete the object; False when there was none (a cleanup that may find nothing)."""

@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 
+from kproxy.devcluster.apiserver.access import REFUSALS_PATH
+
 ApiObject = dict[str, Any]
 
 # (apiVersion, kind) -> (collection path prefix, namespaced, plural)
@@ -121,3 +123,7 @@ class DevApiClient:
         self, api_version: str, kind: str, name: str, namespace: str | None = "default"
     ) -> ApiObject:
         return await self._call("DELETE", object_path(api_version, kind, namespace, name))
+
+    async def refusals(self) -> ApiObject:
+        """The requests a server enforcing RBAC (``devapi --rbac``) refused, and their counts."""
+        return await self._call("GET", REFUSALS_PATH)

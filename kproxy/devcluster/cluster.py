@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import queue
+import secrets
 import socket
 import subprocess
 import threading
@@ -37,8 +38,14 @@ class DevApiProcess:
     a driver in another namespace); it writes a kubeconfig there for the nodes.
     """
 
-    def __init__(self, host: LabHost, workdir: Path, *, bookmark_interval: float = 1.0) -> None:
+    def __init__(self, host: LabHost, workdir: Path, *, bookmark_interval: float = 1.0,
+                 rbac: Path | None = None) -> None:
         self.host = host
+        # With RBAC files, TCP clients (the nodes' kproxy) are kproxy's ServiceAccount, held to
+        # those roles; the Unix socket (the driver) stays the admin's. The token is kept
+        # across restarts, as a ServiceAccount's is: the nodes' kubeconfig stays valid.
+        self.rbac = rbac
+        self._token = secrets.token_hex(16)
         self.socket = workdir / "api.sock"
         self.kubeconfig = workdir / "kubeconfig"
         self.state_file = workdir / "state.json"
@@ -58,6 +65,8 @@ class DevApiProcess:
             "--state-file", str(self.state_file),
             "--write-kubeconfig", str(self.kubeconfig),
             "--bookmark-interval", str(self.bookmark_interval),
+            *(("--rbac", str(self.rbac), "--token", self._token)
+              if self.rbac is not None else ()),
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + START_LIMIT
@@ -174,8 +183,10 @@ class DevCluster:
     Everything is deleted on exit, also on exceptions and Ctrl-C.
     """
 
-    def __init__(self, workdir: Path, *, nodes: int = 2, overlay: str = OVERLAY_VXLAN) -> None:
+    def __init__(self, workdir: Path, *, nodes: int = 2, overlay: str = OVERLAY_VXLAN,
+                 rbac: Path | None = None) -> None:
         self.workdir = workdir
+        self.rbac = rbac
         self.lab = Lab(nodes=nodes, outside=True, control_plane=True, overlay=overlay)
         self._devapi: DevApiProcess | None = None
         self._api: BlockingApiClient | None = None
@@ -184,7 +195,7 @@ class DevCluster:
         try:
             self.lab.build()
             assert self.lab.control_plane is not None
-            self._devapi = DevApiProcess(self.lab.control_plane, self.workdir)
+            self._devapi = DevApiProcess(self.lab.control_plane, self.workdir, rbac=self.rbac)
             self._devapi.start()
             self._api = BlockingApiClient(unix_path=str(self._devapi.socket))
             for node in self.lab.nodes:
