@@ -28,7 +28,7 @@ from kproxy_nodes import (
 )
 
 from kproxy.devcluster.client import ApiObject, DevApiClient
-from kproxy.devcluster.cluster import DevApiProcess
+from kproxy.devcluster.cluster import DevApiProcess, node_object, node_status
 from kproxy.devcluster.lab import Lab, LabHost
 from kproxy.devcluster.probe import ProbeResult
 from kproxy.iptables.staticchains import CANARY
@@ -164,28 +164,32 @@ def add_foreign_rules(lab: Lab, backend: str) -> None:
             node.ns.run([IPTABLES[backend], "-w", "5", *args])
 
 
+def start_control_plane(lab: Lab, workdir: Path) -> tuple[DevApiProcess, Api]:
+    """The dev API server on the lab's control plane with the nodes registered; on each node
+    a web pod (serving TCP and UDP on WEB_PORT) and a client pod."""
+    assert lab.control_plane is not None
+    devapi = DevApiProcess(lab.control_plane, workdir)
+    devapi.start()
+    api = Api(devapi.socket)
+    for node in lab.nodes:
+        # The kernel sends one ICMP error per second and destination after a burst of
+        # six; polling a REJECTed service would see timeouts instead of refusals.
+        node.ns.sysctls(NO_ICMP_RATE_LIMIT)
+        lab.add_pod(node, f"web-{node.index}")
+        lab.add_pod(node, f"client-{node.index}")
+        api.apply(node_object(node))
+        api.patch_status("Node", node.name, node_status(node))
+    lab.start_servers([lab.pod("web-1"), lab.pod("web-2")], tcp=(WEB_PORT,), udp=(WEB_PORT,))
+    return devapi, api
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             ) -> Iterator[Cluster]:
     backend: str = request.param
     workdir: Path = tmp_path_factory.mktemp(f"dynamic-{backend}")
     with Lab(nodes=2, outside=True, control_plane=True) as lab:
-        assert lab.control_plane is not None
-        devapi = DevApiProcess(lab.control_plane, workdir)
-        devapi.start()
-        api = Api(devapi.socket)
-        for node in lab.nodes:
-            # The kernel sends one ICMP error per second and destination after a burst of
-            # six; polling a REJECTed service would see timeouts instead of refusals.
-            node.ns.sysctls(NO_ICMP_RATE_LIMIT)
-            lab.add_pod(node, f"web-{node.index}")
-            lab.add_pod(node, f"client-{node.index}")
-            api.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node.name},
-                       "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]}})
-            api.patch_status("Node", node.name, {"status": {"addresses": [
-                {"type": "InternalIP", "address": node.ip}]}})
-        lab.start_servers([lab.pod("web-1"), lab.pod("web-2")], tcp=(WEB_PORT,),
-                          udp=(WEB_PORT,))
+        devapi, api = start_control_plane(lab, workdir)
         add_foreign_rules(lab, backend)
         saves = [{program: saved_rules(node, backend, program) for program in SAVE_PROGRAMS}
                  for node in lab.nodes]

@@ -23,11 +23,11 @@ from flows import REFUSED, TIMEOUT, Flow, addresses_of, check_flow
 from kproxy_nodes import HeldConnection, KproxyOnNode, eventually
 from test_iptables_dynamic import (
     CLUSTER_CIDR,
-    NO_ICMP_RATE_LIMIT,
     WEB_PORT,
     Api,
     endpoint_slice,
     service,
+    start_control_plane,
 )
 
 from kproxy.devcluster.cluster import DevApiProcess
@@ -95,20 +95,7 @@ class Cluster:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     workdir: Path = tmp_path_factory.mktemp("userspace-dynamic")
     with Lab(nodes=2, outside=True, control_plane=True) as lab:
-        assert lab.control_plane is not None
-        devapi = DevApiProcess(lab.control_plane, workdir)
-        devapi.start()
-        api = Api(devapi.socket)
-        for node in lab.nodes:
-            node.ns.sysctls(NO_ICMP_RATE_LIMIT)
-            lab.add_pod(node, f"web-{node.index}")
-            lab.add_pod(node, f"client-{node.index}")
-            api.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node.name},
-                       "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]}})
-            api.patch_status("Node", node.name, {"status": {"addresses": [
-                {"type": "InternalIP", "address": node.ip}]}})
-        lab.start_servers([lab.pod("web-1"), lab.pod("web-2")], tcp=(WEB_PORT,),
-                          udp=(WEB_PORT,))
+        devapi, api = start_control_plane(lab, workdir)
         node1 = lab.nodes[0]
         kproxy = KproxyOnNode(node1, kproxy_args(devapi, node1, "userspace"),
                               workdir / "kproxy-node1.log")
