@@ -48,7 +48,7 @@ venv: $(STAMP)
 
 test: system-deps $(STAMP)
 	KPROXY_REQUIRE_KERNEL_TESTS=$${KPROXY_REQUIRE_KERNEL_TESTS:-$$( [ "$$(id -u)" = 0 ] && echo 1 || echo 0 )} \
-	  $(PY) -m pytest -q tests
+	  $(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 demo: system-deps $(STAMP)
 	$(VENV)/bin/kproxy demo

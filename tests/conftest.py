@@ -27,7 +27,23 @@ def kernel_lab_unavailable() -> str | None:
     return None
 
 
+# With pytest-xdist (``make test`` runs ``-n 2 --dist loadgroup``), tests are handed to the
+# workers in groups: one per module, so that a module's shared lab is built once, and one for
+# the whole end-to-end suite, whose clusters carry timed load (rolling updates at 100
+# requests/s) and must not compete with each other for the two cores.
+_SERIAL_DIRECTORIES = ("tests/e2e/",)
+
+
+def _xdist_group(item: pytest.Item) -> str:
+    path = item.nodeid.split("::", 1)[0]
+    return next((folder for folder in _SERIAL_DIRECTORIES if path.startswith(folder)), path)
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
     for item in items:
         if item.get_closest_marker("kernel") is None:
             continue
