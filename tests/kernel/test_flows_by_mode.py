@@ -15,8 +15,9 @@ the default backend, as the reference the userspace run is compared with.
 Beside those rows, loadBalancerSourceRanges with the load-balancer IP local to the node (as a
 VIP-style load balancer makes it): the node's own connection to such an IP leaves with the IP
 itself as source, and kube-proxy lets that source through when one of the ranges holds the
-node's IP. Two such services, their IPs local to node2 (where the network routes them):
-``lb-node`` open to the nodes' subnet, ``lb-outside`` open to the outside client only.
+node's IP of the same family. Two such services, their IPs local to node2 (where the network
+routes them): ``lb-node`` open to the nodes' subnet, ``lb-outside`` open to the outside client
+only; and in the dual-stack lab ``lb-dual``, open to the nodes in IPv6 only.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ from test_iptables_flows import (
 )
 from test_iptables_ipv6 import CLUSTER_CIDRS as DUAL_STACK_CIDRS
 from test_iptables_ipv6 import FLOWS as DUAL_STACK_FLOWS
-from test_iptables_ipv6 import NO_ICMP_RATE_LIMIT
+from test_iptables_ipv6 import NO_ICMP_RATE_LIMIT, dual_stack_slices, ipv6_of
 from test_iptables_ipv6 import cluster_objects as dual_stack_objects
+from test_iptables_ipv6 import service as dual_stack_service
 
 from kproxy.devcluster.lab import Lab, Pod
 
@@ -100,6 +102,36 @@ def vip_flows() -> list[Flow]:
 
 
 MODE_FLOWS = [*FLOWS, *vip_flows()]
+
+# Dual-stack: one service, both LB IPs local to node2; its IPv6 range holds the nodes' IPv6
+# node IPs (…::11, …::12, not the outside client's …::100), its IPv4 range not the IPv4 ones.
+# Each family checks its own node IP, as kube-proxy's proxier per family does.
+DUAL_VIPS = ("203.0.113.23", "fd00:203::23")
+DUAL_RANGES = [OUTSIDE_ONLY, "fc00:f853:ccd:e793::/120"]
+
+
+def dual_stack_vip_objects(lab: Lab) -> list[dict[str, Any]]:
+    return [
+        {**dual_stack_service("lb-dual", ("10.96.0.82", "fd00:10:96::82"), node_port=30092,
+                              type="LoadBalancer", loadBalancerSourceRanges=DUAL_RANGES),
+         "status": {"loadBalancer": {"ingress": [{"ip": vip} for vip in DUAL_VIPS]}}},
+        *dual_stack_slices("lb-dual", lab, ["web-1", "web-2"]),
+    ]
+
+
+def dual_stack_vip_flows() -> list[Flow]:
+    node = f"node{VIP_NODE + 1}"
+    return [
+        Flow("local LB IP over ipv6 from its node, source the LB IP, ipv6 node IP in the "
+             "ranges: answered", node, "http", DUAL_VIPS[1], 80, frozenset({"web-1", "web-2"}),
+             source_seen=ipv6_of(node), source_ip=DUAL_VIPS[1]),
+        Flow("local LB IP over ipv4 from its node, source the LB IP, ipv4 node IP not in the "
+             "ranges: dropped", node, "tcp", DUAL_VIPS[0], 80, outcome=TIMEOUT, attempts=1,
+             source_ip=DUAL_VIPS[0]),
+    ]
+
+
+DUAL_STACK_MODE_FLOWS = [*DUAL_STACK_FLOWS, *dual_stack_vip_flows()]
 
 
 def relaying_node(lab: Lab, flow: Flow) -> str:
@@ -202,7 +234,8 @@ def dual_stack_mode_lab(request: pytest.FixtureRequest,
             lab.add_pod(node, f"client-{node.index}")
         lab.start_servers([lab.pod("web-1"), lab.pod("web-2")], tcp=(WEB_PORT,),
                           udp=(WEB_PORT,))
-        objects = write_objects(workdir, dual_stack_objects(lab))
+        lab.nodes[VIP_NODE].add_local_addresses(*DUAL_VIPS)
+        objects = write_objects(workdir, [*dual_stack_objects(lab), *dual_stack_vip_objects(lab)])
         running = run_kproxy(lab, mode, objects, DUAL_STACK_CIDRS, workdir)
         try:
             yield mode, lab
@@ -220,7 +253,8 @@ def test_flow(mode_lab: tuple[str, Lab], flow: Flow) -> None:
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("flow", DUAL_STACK_FLOWS, ids=[flow.name for flow in DUAL_STACK_FLOWS])
+@pytest.mark.parametrize("flow", DUAL_STACK_MODE_FLOWS,
+                         ids=[flow.name for flow in DUAL_STACK_MODE_FLOWS])
 def test_dual_stack_flow(dual_stack_mode_lab: tuple[str, Lab], flow: Flow) -> None:
     mode, lab = dual_stack_mode_lab
     problems = check_flow(lab, in_mode(flow, mode))
