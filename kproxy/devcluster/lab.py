@@ -239,6 +239,14 @@ def node_sysctls(node: NodeAddressing) -> dict[str, int]:
     return settings
 
 
+def local_address_commands(addresses: Iterable[str]) -> list[str]:
+    """Inside a node: ``addresses`` made local to it, one host address each on its fabric
+    link, as VIP-style load balancers (kube-vip) add their VIPs to a node's interface. Not
+    on ``lo``: the kernel would take a masquerade address from ``lo`` first when the
+    outgoing device has none of its own (flannel.1 here)."""
+    return [_addr(address, str(ipaddress.ip_network(address)), UPLINK) for address in addresses]
+
+
 def pod_mtu(overlay: str) -> int | None:
     """The MTU a pod's link needs (None: the default), so no packet outgrows the overlay."""
     return VXLAN_MTU if check_overlay(overlay) == OVERLAY_VXLAN else None
@@ -360,6 +368,10 @@ class Node(LabHost):
         self.pods: list[Pod] = []
         # Host parts are never reused, so a deleted pod's address stays unused in this lab.
         self._next_pod_host = FIRST_POD_HOST
+
+    def add_local_addresses(self, *addresses: str) -> None:
+        """Make ``addresses`` local to this node (see :func:`local_address_commands`)."""
+        self.ns.ip_batch(local_address_commands(addresses))
 
     def allocate_pod_host(self) -> int:
         """The host part for the next pod on this node (2, 3, ...)."""

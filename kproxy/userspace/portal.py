@@ -14,11 +14,13 @@ addresses iptables mode answers on (``--nodeport-addresses``, localhost unless
 ``--iptables-localhost-nodeports=false``; never ``::1``); loopback needs no
 ``route_localnet`` here, since localhost traffic never leaves the node.
 
-Under loadBalancerSourceRanges only the listed sources (and the node itself when its IP is
-listed) are redirected; the rest is dropped in the filter table. Pods of this node reaching
-such a load-balancer IP under externalTrafficPolicy Local are treated as outside clients
-(iptables mode short-circuits them to every endpoint): a source-range match and a pod
-match cannot share one rule.
+Under loadBalancerSourceRanges only the listed sources are redirected, from the node as from
+pods and outside clients, and, when a range holds the node's IP, sources equal to one of the
+service's load-balancer IPs (kube-proxy's rule for a VIP local to the node, whose requests
+from the node carry the VIP as source); the rest is dropped in the filter table. Pods of
+this node reaching such a load-balancer IP under externalTrafficPolicy Local are treated as
+outside clients (iptables mode short-circuits them to every endpoint): a source-range match
+and a pod match cannot share one rule.
 """
 
 from __future__ import annotations
@@ -155,16 +157,18 @@ class _PortRules:
         from_node = self._redirect(selection.external_from_node)
         address = self._addressed(ip, text)
         if source_ranges:
+            # The same sources pass from the node as from elsewhere, as they pass
+            # kube-proxy's firewall chain from PREROUTING and OUTPUT alike.
+            allowed = list(source_ranges)
+            if _contains(source_ranges, firewall_node_ip(self.context)):
+                # A VIP-style load balancer's IP is often local: the node's requests
+                # to it loop back with the VIP as their source.
+                allowed += [host(lb, self.context.family) for lb in
+                            self.view.load_balancer_ips]
             if outside:
-                allowed = list(source_ranges)
-                if _contains(source_ranges, firewall_node_ip(self.context)):
-                    # A VIP-style load balancer's IP is often local: the node's requests
-                    # to it loop back with the VIP as their source.
-                    allowed += [host(lb, self.context.family) for lb in
-                                self.view.load_balancer_ips]
                 rules.container += [f"-s {cidr} {address} {outside}" for cidr in allowed]
-            if from_node and _contains(source_ranges, firewall_node_ip(self.context)):
-                rules.host.append(f"{address} {from_node}")
+            if from_node:
+                rules.host += [f"-s {cidr} {address} {from_node}" for cidr in allowed]
             if selection.external is not None:
                 rules.filter.append(
                     f"{self._addressed(ip, f'{text} traffic outside its source ranges')} "

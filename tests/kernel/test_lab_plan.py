@@ -119,6 +119,13 @@ def test_pod_gets_default_routes_via_its_node_bridge() -> None:
                              "route add default via fd00:10:244:1::1"]
 
 
+def test_local_addresses_are_host_addresses_on_the_fabric_link() -> None:
+    assert lab_module.local_address_commands(["203.0.113.21", "fd00:203::21"]) == [
+        "addr add 203.0.113.21/32 dev eth0",
+        "addr add fd00:203::21/128 dev eth0 nodad",
+    ]
+
+
 def test_node_sysctls_enable_forwarding_per_family() -> None:
     v4 = lab_module.node_sysctls(NodeAddressing.for_index(1, ipv6=False))
     assert v4 == {"net.ipv4.ip_forward": 1}

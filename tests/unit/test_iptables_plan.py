@@ -613,6 +613,51 @@ def test_source_ranges_allow_the_node_to_reach_its_own_load_balancer_ip() -> Non
     )
 
 
+def fw_rules(sources: Iterable[str]) -> tuple[str, ...]:
+    """The FW chain of ns1/svc1:p80 that lets ``sources`` (in order) through."""
+    text = '-m comment --comment "ns1/svc1:p80 loadbalancer IP"'
+    return (
+        *(f"-s {source} {text} -j {svc_chain('EXT')}" for source in sources),
+        '-m comment --comment "other traffic to ns1/svc1:p80 will be dropped by '
+        'KPROXY-PROXY-FIREWALL"',
+    )
+
+
+@pytest.mark.parametrize(
+    ("ranges", "v4_sources", "v6_sources"),
+    [
+        # Only the IPv4 node IP (192.168.0.2) is in a range: the IPv4 LB IPs pass.
+        (("192.168.0.0/24", "fd00:203::/64"),
+         ("192.168.0.0/24", "1.2.3.4/32", "1.2.3.5/32"), ("fd00:203::/64",)),
+        # Only the IPv6 node IP (fd00::2) is: the IPv6 LB IP passes, in IPv6 only.
+        (("203.0.113.0/25", "fd00::/64"),
+         ("203.0.113.0/25",), ("fd00::/64", "fd00:1::4/128")),
+        # Neither: each family lets its ranges through and nothing else.
+        (("203.0.113.0/25", "fd00:203::/64"), ("203.0.113.0/25",), ("fd00:203::/64",)),
+    ],
+)
+def test_each_family_allows_its_load_balancer_ips_when_its_node_ip_is_in_a_range(
+    ranges: tuple[str, ...], v4_sources: tuple[str, ...], v6_sources: tuple[str, ...]
+) -> None:
+    """kube-proxy runs one proxier per family, each with that family's node IP."""
+    dual = port("ns1", "svc1", "172.30.0.41", "fd00:30::41",
+                load_balancer_ips=("1.2.3.4", "fd00:1::4", "1.2.3.5"),
+                load_balancer_source_ranges=ranges)
+    state = snapshot([dual], {"svc1": (Endpoint("10.180.0.1", 80), Endpoint("fd00:180::1", 80))})
+    for family, sources in ((IPFamily.IPV4, v4_sources), (IPFamily.IPV6, v6_sources)):
+        ruleset = plan_ruleset(state, context(family))
+        assert nat(ruleset, svc_chain("FW")) == fw_rules(sources), family
+
+
+def test_an_unknown_node_is_checked_as_loopback() -> None:
+    """Without the node's IP, kube-proxy checks the ranges against 127.0.0.1 (and ::1)."""
+    ports = [port("ns1", "svc1", "172.30.0.41", load_balancer_ips=("1.2.3.4",),
+                  load_balancer_source_ranges=("127.0.0.0/8",))]
+    state = snapshot(ports, {"svc1": (Endpoint("10.180.0.1", 80),)}, node=None)
+    ruleset = plan_ruleset(state, plan_context(CONFIG, None, IPFamily.IPV4, random_fully=False))
+    assert nat(ruleset, svc_chain("FW")) == fw_rules(("127.0.0.0/8", "1.2.3.4/32"))
+
+
 @pytest.mark.parametrize(
     "ranges", [("0.0.0.0/0",), ("fd00::/64",), ("0.0.0.0/0", "10.0.0.0/8")]
 )

@@ -63,12 +63,12 @@ def select(service_port: ServicePort, *endpoints: Endpoint,
 
 
 def plan(*selections: PortSelection, family: IPFamily = V4,
-         config: ProxyConfig = CONFIG) -> Ruleset:
+         config: ProxyConfig = CONFIG, node: NodeInfo = NODE) -> Ruleset:
     ports = {}
     for selection in selections:
         for scope in selection.scopes():
             ports[selection.key(scope)] = CLUSTER_PORT if scope is Scope.CLUSTER else LOCAL_PORT
-    ruleset = plan_portals(selections, ports, plan_context(config, NODE, family))
+    ruleset = plan_portals(selections, ports, plan_context(config, node, family))
     # Whatever is planned must load into a kernel: declared chains, valid jumps.
     kernel = FakeIptables(families=(family,))
     kernel.apply_restore(family, join_payloads(render_full(ruleset)))
@@ -204,9 +204,55 @@ def test_load_balancer_source_ranges() -> None:
     assert lb == ['-s 192.0.2.0/24 -d 203.0.113.20/32 -p tcp -m comment --comment '
                   '"default/web:http loadbalancer IP" -m tcp --dport 80 '
                   f"-j REDIRECT --to-ports {CLUSTER_PORT}"]
-    # The node's IP is not in the ranges: its own connections are not let through either.
-    assert not any("203.0.113.20" in rule for rule in rules(ruleset, PORTALS_HOST))
+    # The node's own connections pass by the same sources; its IP is not in the ranges, so
+    # the load-balancer IP as a source does not pass.
+    assert [rule for rule in rules(ruleset, PORTALS_HOST) if "203.0.113.20" in rule] == lb
     assert rules(ruleset, PORTALS_FILTER)[0].endswith("--dport 80 -j DROP")
+
+
+LB_TEXT = '-m comment --comment "default/web:http loadbalancer IP" -m tcp --dport 80'
+
+
+def lb_rules(ruleset: Ruleset, chain: str, lb_ip: str) -> list[str]:
+    return [rule for rule in rules(ruleset, chain) if f"-d {lb_ip}" in rule]
+
+
+def test_source_ranges_holding_the_node_ip_let_the_load_balancer_ips_through() -> None:
+    """kube-proxy's firewall chain: when a range holds the node's IP, sources equal to a
+    load-balancer IP pass too (a VIP local to the node is the source of the node's own
+    requests to it), from pods and outside clients as from the node."""
+    selection = select(port(type=ServiceType.LOAD_BALANCER, node_port=30090,
+                            load_balancer_ips=("203.0.113.20", "203.0.113.21"),
+                            load_balancer_source_ranges=("172.18.0.0/28",)), REMOTE)
+    ruleset = plan(selection)
+    redirect = f"-j REDIRECT --to-ports {CLUSTER_PORT}"
+    for lb_ip in ("203.0.113.20", "203.0.113.21"):
+        expected = [f"-s {source} -d {lb_ip}/32 -p tcp {LB_TEXT} {redirect}"
+                    for source in ("172.18.0.0/28", "203.0.113.20/32", "203.0.113.21/32")]
+        assert lb_rules(ruleset, PORTALS_CONTAINER, lb_ip) == expected
+        assert lb_rules(ruleset, PORTALS_HOST, lb_ip) == expected
+
+
+@pytest.mark.parametrize(("family", "lb_ip", "sources"), [
+    (V4, "203.0.113.20", ("172.18.0.0/28", "203.0.113.20/32")),
+    (V6, "fd00:203::20", ("fd00:99::/64",)),  # the IPv6 node IP is outside fd00:99::/64
+])
+def test_each_family_checks_its_own_node_ip(family: IPFamily, lb_ip: str,
+                                            sources: tuple[str, ...]) -> None:
+    node = NodeInfo("node-1", addresses=(("InternalIP", "172.18.0.11"),
+                                         ("InternalIP", "fc00::11")))
+    selection = select(port(type=ServiceType.LOAD_BALANCER, node_port=30090,
+                            cluster_ips=("10.96.0.10", "fd00:96::10"),
+                            load_balancer_ips=("203.0.113.20", "fd00:203::20"),
+                            load_balancer_source_ranges=("172.18.0.0/28", "fd00:99::/64")),
+                       REMOTE, Endpoint("fd00:10:244:2::2", 8080, node_name="node-2"),
+                       family=family)
+    ruleset = plan(selection, family=family, node=node)
+    lb = f"{lb_ip}/{32 if family is V4 else 128}"
+    expected = [f"-s {source} -d {lb} -p tcp {LB_TEXT} -j REDIRECT --to-ports {CLUSTER_PORT}"
+                for source in sources]
+    assert lb_rules(ruleset, PORTALS_HOST, lb) == expected
+    assert lb_rules(ruleset, PORTALS_CONTAINER, lb) == expected
 
 
 @pytest.mark.parametrize(("localhost", "entry"), [
