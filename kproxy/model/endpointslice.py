@@ -16,8 +16,8 @@ node hints, unique, zones label values and nodes node names. Port numbers must b
 
 Kept as kube-proxy keeps it: a port with no number ("all ports") or port 0 is ignored,
 with a field-level rejection; only addresses[0] of an endpoint is used; a malformed
-last-change-trigger-time annotation is ignored, with a field-level rejection; a zone that
-is not a short name is ignored (the API does not check zones).
+last-change-trigger-time annotation is ignored, with a field-level rejection; so is a zone
+that is not a short printable name (the API does not check zones).
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def _slice_info(
         if port is not None:
             ports.append(port)
     endpoints = [
-        _endpoint(raw_endpoint, index, family)
+        _endpoint(raw_endpoint, index, family, problems)
         for index, raw_endpoint in enumerate(raw_endpoints)
     ]
     trigger_time = _last_change_trigger_time(meta.annotations, problems)
@@ -160,7 +160,9 @@ def _slice_port(
     return EndpointSlicePort(name, port, protocol)
 
 
-def _endpoint(raw: object, index: int, family: IPFamily) -> Endpoint:
+def _endpoint(
+    raw: object, index: int, family: IPFamily, problems: ObjectProblems
+) -> Endpoint:
     """One endpoints[] entry: only addresses[0] is used, as in kube-proxy (all addresses
     of one endpoint are the same pod), but all are checked. Conditions default as
     kube-proxy defaults them: ready and serving nil -> true, terminating nil -> false.
@@ -230,7 +232,9 @@ def _endpoint(raw: object, index: int, family: IPFamily) -> Endpoint:
                    "DNS-1123 label")
     zone = raw.get("zone")
     if zone is not None and not _is_short_name(zone):
-        zone = None  # the API does not check zones; one kproxy cannot use is no zone
+        # The API does not check zones; one kproxy cannot use is no zone, as before.
+        problems.ignore(f"endpoints[{index}].zone", f"not a zone name: {describe(zone)}")
+        zone = None
     zone_hints: frozenset[str] | None = None
     node_hints: frozenset[str] | None = None
     hints = raw.get("hints")
