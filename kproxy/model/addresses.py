@@ -24,6 +24,7 @@ import ipaddress
 import re
 from typing import Final
 
+from kproxy.model.memo import Memo
 from kproxy.model.types import IPFamily
 
 # The longest textual IPv6 address: eight groups, or six plus an embedded IPv4 address.
@@ -41,8 +42,6 @@ _CACHE_LIMIT: Final = 200_000
 _NOT_CACHED: Final = ""
 _ip_cache: dict[str, str | None] = {}
 _cidr_cache: dict[str, str | None] = {}
-_sloppy_cidr_cache: dict[str, str | None] = {}
-_special_cache: dict[str, str | None] = {}
 
 # Go's sloppy IPv4 syntax (the net package before 1.17): decimal octets of any length
 # (leading zeros allowed), checked to be at most 255 below; the prefix length likewise.
@@ -88,51 +87,45 @@ def normalize_cidr(text: object) -> str | None:
 def normalize_cidr_sloppy(text: object) -> str | None:
     """``normalize_cidr`` with Go's sloppy syntax, as kube-proxy and the API server read
     loadBalancerSourceRanges: ``010.001.0.0/016`` is ``10.1.0.0/16``."""
-    if type(text) is not str:
-        return None
-    cached = _sloppy_cidr_cache.get(text, _NOT_CACHED)
-    if cached != _NOT_CACHED:
-        return cached
-    result = normalize_cidr(text)
-    if result is None:
-        result = _normalize_sloppy_cidr_uncached(text)
-    if len(_sloppy_cidr_cache) >= _CACHE_LIMIT:
-        _sloppy_cidr_cache.clear()
-    _sloppy_cidr_cache[text] = result
-    return result
+    return _sloppy_cidr(text) if type(text) is str else None
+
+
+def _sloppy_cidr_uncached(text: str) -> str | None:
+    return normalize_cidr(text) or _normalize_sloppy_cidr_uncached(text)
+
+
+def _special_ip_uncached(normalized_ip: str) -> str | None:
+    packed = ipaddress.IPv6Address(normalized_ip).packed
+    if normalized_ip == "::":
+        return "may not be unspecified (::)"
+    if normalized_ip == "::1":
+        return "may not be the loopback address (::1)"
+    if packed[0] == 0xFE and packed[1] & 0xC0 == 0x80:
+        return "may not be in the link-local range (fe80::/10)"
+    if packed[0] == 0xFF and packed[1] & 0x0F == 0x02:
+        return "may not be in the link-local multicast range (ff02::/16)"
+    return None
+
+
+_sloppy_cidr: Final = Memo(_sloppy_cidr_uncached, _CACHE_LIMIT)
+_special_ipv6: Final = Memo(_special_ip_uncached, _CACHE_LIMIT)
 
 
 def special_ip_problem(normalized_ip: str) -> str | None:
     """Why an address may not be an endpoint or external IP (the API's ValidateEndpointIP:
     unspecified, loopback, link-local unicast or multicast), or None if it may."""
-    if ":" not in normalized_ip:
-        # The normalised IPv4 text is canonical: prefixes of it are exact tests.
-        if normalized_ip == "0.0.0.0":
-            return "may not be unspecified (0.0.0.0)"
-        if normalized_ip.startswith("127."):
-            return "may not be in the loopback range (127.0.0.0/8)"
-        if normalized_ip.startswith("169.254."):
-            return "may not be in the link-local range (169.254.0.0/16)"
-        if normalized_ip.startswith("224.0.0."):
-            return "may not be in the link-local multicast range (224.0.0.0/24)"
-        return None
-    cached = _special_cache.get(normalized_ip, _NOT_CACHED)
-    if cached != _NOT_CACHED:
-        return cached
-    packed = ipaddress.IPv6Address(normalized_ip).packed
-    result = None
-    if normalized_ip == "::":
-        result = "may not be unspecified (::)"
-    elif normalized_ip == "::1":
-        result = "may not be the loopback address (::1)"
-    elif packed[0] == 0xFE and packed[1] & 0xC0 == 0x80:
-        result = "may not be in the link-local range (fe80::/10)"
-    elif packed[0] == 0xFF and packed[1] & 0x0F == 0x02:
-        result = "may not be in the link-local multicast range (ff02::/16)"
-    if len(_special_cache) >= _CACHE_LIMIT:
-        _special_cache.clear()
-    _special_cache[normalized_ip] = result
-    return result
+    if ":" in normalized_ip:
+        return _special_ipv6(normalized_ip)
+    # The normalised IPv4 text is canonical: prefixes of it are exact tests.
+    if normalized_ip == "0.0.0.0":
+        return "may not be unspecified (0.0.0.0)"
+    if normalized_ip.startswith("127."):
+        return "may not be in the loopback range (127.0.0.0/8)"
+    if normalized_ip.startswith("169.254."):
+        return "may not be in the link-local range (169.254.0.0/16)"
+    if normalized_ip.startswith("224.0.0."):
+        return "may not be in the link-local multicast range (224.0.0.0/24)"
+    return None
 
 
 def ip_family(normalized_ip: str) -> IPFamily:
@@ -195,5 +188,5 @@ def clear_caches() -> None:
     """Forget memoised results (benchmarks measure cold parsing with it)."""
     _ip_cache.clear()
     _cidr_cache.clear()
-    _sloppy_cidr_cache.clear()
-    _special_cache.clear()
+    _sloppy_cidr.clear()
+    _special_ipv6.clear()

@@ -3,7 +3,7 @@
 One definition for both the object model and the dev API server. Patterns are matched
 with ``fullmatch`` (``$`` alone would accept a trailing newline) and ASCII only. The model
 checks the same few thousand names again and again (namespaces, port names, label keys),
-so answers are memoised in bounded dictionaries.
+so answers are memoised (``kproxy.model.memo``).
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from typing import Final, TypeGuard
+
+from kproxy.model.memo import Memo
 
 DNS1123_LABEL_MAX_LENGTH: Final = 63
 DNS1123_SUBDOMAIN_MAX_LENGTH: Final = 253
@@ -28,28 +30,18 @@ QUALIFIED_NAME_PART: Final = re.compile(r"(?:[A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z
 IANA_SVC_NAME_CHARS: Final = re.compile(r"[-a-z0-9]+", re.ASCII)
 _LETTER: Final = re.compile(r"[a-z]", re.ASCII)
 
-# Bounded so that a stream of ever-different garbage cannot grow memory without limit;
-# when full a cache starts over (cheaper than LRU bookkeeping on the hot path).
 _CACHE_LIMIT: Final = 50_000
 
 
-def _memoised(check: Callable[[str], bool]) -> Callable[[object], TypeGuard[str]]:
-    cache: dict[str, bool] = {}
+def _string_check(check: Callable[[str], bool]) -> Callable[[object], TypeGuard[str]]:
+    """``check`` for any value (only strings can pass), memoised."""
+    memoised = Memo(check, _CACHE_LIMIT)
 
-    def memoised(value: object) -> TypeGuard[str]:
-        if type(value) is not str:
-            return False
-        known = cache.get(value)
-        if known is not None:
-            return known
-        result = check(value)
-        if len(cache) >= _CACHE_LIMIT:
-            cache.clear()
-        cache[value] = result
-        return result
+    def is_valid(value: object) -> TypeGuard[str]:
+        return type(value) is str and memoised(value)
 
-    memoised.__doc__ = check.__doc__
-    return memoised
+    is_valid.__doc__ = check.__doc__
+    return is_valid
 
 
 def _dns1123_label(value: str) -> bool:
@@ -102,9 +94,9 @@ def _label_value(value: str) -> bool:
     )
 
 
-is_dns1123_label: Final = _memoised(_dns1123_label)
-is_dns1123_subdomain: Final = _memoised(_dns1123_subdomain)
-is_dns1035_label: Final = _memoised(_dns1035_label)
-is_iana_svc_name: Final = _memoised(_iana_svc_name)
-is_qualified_name: Final = _memoised(_qualified_name)
-is_label_value: Final = _memoised(_label_value)
+is_dns1123_label: Final = _string_check(_dns1123_label)
+is_dns1123_subdomain: Final = _string_check(_dns1123_subdomain)
+is_dns1035_label: Final = _string_check(_dns1035_label)
+is_iana_svc_name: Final = _string_check(_iana_svc_name)
+is_qualified_name: Final = _string_check(_qualified_name)
+is_label_value: Final = _string_check(_label_value)

@@ -330,19 +330,25 @@ bad_slice_ports = st.one_of(
 )
 
 
+def _damage_one_slice(
+    slices: list[dict[str, Any]], data: st.DataObject, key: str, bad: st.SearchStrategy[Any]
+) -> tuple[int, list[Parsed[EndpointSliceInfo]]]:
+    """Insert a ``bad`` entry into ``key`` of one copied slice; which one, and all parsed."""
+    target = data.draw(st.integers(min_value=0, max_value=len(slices) - 1))
+    damaged = copy.deepcopy(slices)
+    _insert(data, damaged[target][key], data.draw(bad))
+    return target, [parse_endpoint_slice(s) for s in damaged]
+
+
 @given(st.lists(valid_slices(), min_size=1, max_size=3), st.data())
 def test_a_malformed_part_of_a_slice_rejects_only_that_slice(
     slices: list[dict[str, Any]], data: st.DataObject
 ) -> None:
     original = [parse_endpoint_slice(s).value for s in slices]
-    target = data.draw(st.integers(min_value=0, max_value=len(slices) - 1))
-    damaged = copy.deepcopy(slices)
-    slice_obj = damaged[target]
     if data.draw(st.booleans()):
-        _insert(data, slice_obj["endpoints"], data.draw(bad_endpoints))
+        target, parsed = _damage_one_slice(slices, data, "endpoints", bad_endpoints)
     else:
-        _insert(data, slice_obj["ports"], data.draw(bad_slice_ports))
-    parsed = [parse_endpoint_slice(s) for s in damaged]
+        target, parsed = _damage_one_slice(slices, data, "ports", bad_slice_ports)
     assert parsed[target].value is None
     assert [(r.whole_object) for r in parsed[target].rejections] == [True]
     assert [p.value for i, p in enumerate(parsed) if i != target] == [
@@ -355,10 +361,7 @@ def test_an_all_ports_entry_of_a_slice_drops_only_that_port(
     slices: list[dict[str, Any]], data: st.DataObject
 ) -> None:
     original = [parse_endpoint_slice(s).value for s in slices]
-    target = data.draw(st.integers(min_value=0, max_value=len(slices) - 1))
-    damaged = copy.deepcopy(slices)
-    _insert(data, damaged[target]["ports"], data.draw(ignored_slice_ports))
-    parsed = [parse_endpoint_slice(s) for s in damaged]
+    _, parsed = _damage_one_slice(slices, data, "ports", ignored_slice_ports)
     assert [p.value for p in parsed] == original
     assert sum(len(p.rejections) for p in parsed) >= 1
     assert not any(r.whole_object for p in parsed for r in p.rejections)

@@ -659,8 +659,8 @@ def test_bad_session_affinity_skips_the_whole_service(
      ("PreferSameNode", "PreferSameNode")],
 )
 def test_traffic_distribution_is_kept_for_the_planner(value: Any, expected: str | None) -> None:
-    assert only_port(accepted(parse_service(service(trafficDistribution=value)))).traffic_distribution \
-        == expected
+    port = only_port(accepted(parse_service(service(trafficDistribution=value))))
+    assert port.traffic_distribution == expected
 
 
 @pytest.mark.parametrize("value", [5, "x" * 100, "preferClose", ""])
