@@ -49,6 +49,8 @@ _SLOPPY_IPV4_CIDR_TEXT: Final = re.compile(
     r"([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+)/([0-9]+)", re.ASCII
 )
 _DIGITS: Final = re.compile(r"[0-9]+", re.ASCII)
+# Unspecified, loopback, link-local and link-local multicast IPv4 addresses begin so.
+_SPECIAL_IPV4_PREFIXES: Final = ("0.0.0.0", "127.", "169.254.", "224.0.0.")
 
 
 def normalize_ip(text: object) -> str | None:
@@ -117,6 +119,8 @@ def special_ip_problem(normalized_ip: str) -> str | None:
     if ":" in normalized_ip:
         return _special_ipv6(normalized_ip)
     # The normalised IPv4 text is canonical: prefixes of it are exact tests.
+    if not normalized_ip.startswith(_SPECIAL_IPV4_PREFIXES):
+        return None
     if normalized_ip == "0.0.0.0":
         return "may not be unspecified (0.0.0.0)"
     if normalized_ip.startswith("127."):

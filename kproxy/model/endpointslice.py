@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, Final, TypeGuard
+from typing import Any, Final, NoReturn, TypeGuard
 
 from kproxy.model.addresses import normalize_ip, special_ip_problem
 from kproxy.model.formats import (
@@ -179,23 +179,14 @@ def _endpoint(
     if len(addresses) > MAX_ADDRESSES:
         raise Invalid(f"endpoints[{index}].addresses", f"more than {MAX_ADDRESSES}",
                       RejectReason.TOO_MANY)
-    ip = ""
-    for position, address in enumerate(addresses):
-        normalized = normalize_ip(address)
-        if normalized is None or (":" in normalized) is not (family is IPFamily.IPV6):
-            reason = (
-                f"not an IP address: {describe(address)}"
-                if normalized is None
-                else f"{normalized} is not an {family.value} address"
-            )
-            raise Invalid(f"endpoints[{index}].addresses[{position}]", reason,
-                          RejectReason.INVALID_IP)
-        problem = special_ip_problem(normalized)
-        if problem is not None:
-            raise Invalid(f"endpoints[{index}].addresses[{position}]", problem,
-                          RejectReason.INVALID_IP)
-        if position == 0:
-            ip = normalized
+    ipv6 = family is IPFamily.IPV6
+    ip = normalize_ip(addresses[0])
+    if ip is None or (":" in ip) is not ipv6 or special_ip_problem(ip) is not None:
+        _bad_address(addresses[0], index, 0, family)
+    for position in range(1, len(addresses)):
+        other = normalize_ip(addresses[position])
+        if other is None or (":" in other) is not ipv6 or special_ip_problem(other) is not None:
+            _bad_address(addresses[position], index, position, family)
 
     ready, serving, terminating = True, True, False
     conditions = raw.get("conditions")
@@ -223,15 +214,17 @@ def _endpoint(
         terminating = raw_terminating is True
 
     node_name = raw.get("nodeName")
-    if node_name is not None:
+    if node_name is not None and not is_dns1123_subdomain(node_name):
         check_name(node_name, f"endpoints[{index}].nodeName", is_dns1123_subdomain,
                    "DNS-1123 subdomain")
     hostname = raw.get("hostname")
-    if hostname is not None:
+    if hostname is not None and not is_dns1123_label(hostname):
         check_name(hostname, f"endpoints[{index}].hostname", is_dns1123_label,
                    "DNS-1123 label")
     zone = raw.get("zone")
-    if zone is not None and not _is_short_name(zone):
+    if zone is not None and not (
+        type(zone) is str and 0 < len(zone) <= MAX_NAME_LENGTH and zone.isprintable()
+    ):
         # The API does not check zones; one kproxy cannot use is no zone, as before.
         problems.ignore(f"endpoints[{index}].zone", f"not a zone name: {describe(zone)}")
         zone = None
@@ -247,8 +240,17 @@ def _endpoint(
     return Endpoint(ip, 0, ready, serving, terminating, node_name, zone, zone_hints, node_hints)
 
 
-def _is_short_name(value: object) -> TypeGuard[str]:
-    return type(value) is str and 0 < len(value) <= MAX_NAME_LENGTH and value.isprintable()
+def _bad_address(address: object, index: int, position: int, family: IPFamily) -> NoReturn:
+    """Raise the rejection of an endpoint address (the rare path: the reason is worked out
+    here, not on every address)."""
+    normalized = normalize_ip(address)
+    if normalized is None:
+        reason = f"not an IP address: {describe(address)}"
+    elif (":" in normalized) is not (family is IPFamily.IPV6):
+        reason = f"{normalized} is not an {family.value} address"
+    else:
+        reason = special_ip_problem(normalized) or "not an endpoint address"
+    raise Invalid(f"endpoints[{index}].addresses[{position}]", reason, RejectReason.INVALID_IP)
 
 
 def _hint_names(

@@ -36,9 +36,13 @@ _CACHE_LIMIT: Final = 50_000
 def _string_check(check: Callable[[str], bool]) -> Callable[[object], TypeGuard[str]]:
     """``check`` for any value (only strings can pass), memoised."""
     memoised = Memo(check, _CACHE_LIMIT)
+    known = memoised.known  # read directly: the hot path is a hit, one dict lookup
 
     def is_valid(value: object) -> TypeGuard[str]:
-        return type(value) is str and memoised(value)
+        if type(value) is not str:
+            return False
+        answer = known.get(value)
+        return memoised(value) if answer is None else answer
 
     is_valid.__doc__ = check.__doc__
     return is_valid

@@ -19,22 +19,24 @@ _MISSING: Final = object()
 class Memo(Generic[R]):
     """``function`` with its answers remembered, up to ``limit`` of them."""
 
-    __slots__ = ("_cache", "_function", "_limit")
+    __slots__ = ("_function", "_limit", "known")
 
     def __init__(self, function: Callable[[str], R], limit: int) -> None:
         self._function = function
         self._limit = limit
-        self._cache: dict[str, R] = {}
+        # The answers so far; callers on a hot path may read it directly (it is cleared in
+        # place, never replaced).
+        self.known: dict[str, R] = {}
 
     def __call__(self, text: str) -> R:
-        cached = self._cache.get(text, _MISSING)
+        cached = self.known.get(text, _MISSING)
         if cached is not _MISSING:
             return cached  # type: ignore[return-value]  # only R values are stored
         result = self._function(text)
-        if len(self._cache) >= self._limit:
-            self._cache.clear()
-        self._cache[text] = result
+        if len(self.known) >= self._limit:
+            self.known.clear()
+        self.known[text] = result
         return result
 
     def clear(self) -> None:
-        self._cache.clear()
+        self.known.clear()
