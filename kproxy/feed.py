@@ -1,9 +1,11 @@
 """Informer handlers that parse raw API objects and feed the state tracker.
 
 Handlers only record: parse, log rejections, update the tracker (which asks the sync runner
-for a sync). An object that is dropped by the model (ignored by label, or invalid as a whole)
-is treated as absent, so a Service that becomes invalid or gets relabelled stops being served
-rather than being served with stale data.
+for a sync). An object the model rejects as a whole (the API server would have refused it)
+changes nothing: the last good version of that object stays in force, as it would have had
+the API server refused the update, until the object is fixed or deleted. An object the
+model leaves out without a rejection (relabelled for another proxy or headless, an FQDN
+slice) is treated as absent, so it stops being served.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 from kproxy.model.endpointslice import parse_endpoint_slice
 from kproxy.model.node import parse_node
 from kproxy.model.service import parse_service
-from kproxy.model.types import NamespacedName
+from kproxy.model.types import NamespacedName, Parsed
 from kproxy.rejections import RejectionLog
 from kproxy.state import ResourceKind, StateTracker
 
@@ -29,6 +31,8 @@ class ServiceFeed:
         self._rejections.record(parsed.rejections)
         if parsed.value is not None:
             self._tracker.upsert_service(parsed.value)
+            return
+        if _rejected_whole(parsed):
             return
         key = _namespaced_name(obj)
         if key is not None:
@@ -53,6 +57,8 @@ class EndpointSliceFeed:
         if parsed.value is not None:
             self._tracker.upsert_endpoint_slice(parsed.value)
             return
+        if _rejected_whole(parsed):
+            return
         key = _namespaced_name(obj)
         if key is not None:
             self._tracker.delete_endpoint_slice(key.namespace, key.name)
@@ -65,7 +71,8 @@ class EndpointSliceFeed:
 
 
 class NodeFeed:
-    """Only this node's Node matters (the informer watches it by name)."""
+    """Only this node's Node matters (the informer watches it by name). A rejected update
+    keeps the previous NodeInfo."""
 
     def __init__(self, tracker: StateTracker, rejections: RejectionLog, node_name: str) -> None:
         self._tracker = tracker
@@ -84,6 +91,10 @@ class NodeFeed:
 
     def on_listed(self) -> None:
         self._tracker.mark_listed(ResourceKind.NODE)
+
+
+def _rejected_whole(parsed: Parsed[Any]) -> bool:
+    return any(rejection.whole_object for rejection in parsed.rejections)
 
 
 def _namespaced_name(obj: dict[str, Any]) -> NamespacedName | None:

@@ -208,12 +208,12 @@ class _ProxyCollector(Collector):
             yield from _userspace_families(stats)
         rejected = CounterMetricFamily(
             "kproxy_rejected_objects",
-            "API objects or fields skipped because they cannot be honoured, by kind "
-            "(counted on every sight)",
-            labels=["kind"],
+            "API objects or fields skipped because they cannot be honoured, by kind and "
+            "reason code (counted on every sight)",
+            labels=["kind", "reason"],
         )
-        for kind, count in sorted(m._rejections.counts.items()):
-            rejected.add_metric([kind], count)
+        for (kind, reason), count in sorted(m._rejections.counts.items()):
+            rejected.add_metric([kind, reason], count)
         yield rejected
 
 

@@ -7,7 +7,9 @@ instead of ``ipaddress``. The rules are those of Python's ``ipaddress`` (3.11), 
 match Go's ``net.ParseIP`` in the cases that matter here:
 
 - IPv4 octets with leading zeros (``010.0.0.1``) are rejected, as Go has done since 1.17
-  (the API server's sloppy parser would read them as decimal; we refuse to guess).
+  (the API server's sloppy parser would read them as decimal; we refuse to guess), except
+  in ``normalize_cidr_sloppy``: load-balancer source ranges are read sloppily by kube-proxy
+  itself (``netutils.ParseCIDRSloppy``), so they are read as decimal there too.
 - IPv6 is returned in RFC 5952 form (lower case, longest zero run compressed), which is
   what both ``ipaddress`` and Go print.
 - IPv6 scope ids (``fe80::1%eth0``) are rejected: Kubernetes never allows them.
@@ -22,6 +24,7 @@ import ipaddress
 import re
 from typing import Final
 
+from kproxy.model.memo import Memo
 from kproxy.model.types import IPFamily
 
 # The longest textual IPv6 address: eight groups, or six plus an embedded IPv4 address.
@@ -39,6 +42,15 @@ _CACHE_LIMIT: Final = 200_000
 _NOT_CACHED: Final = ""
 _ip_cache: dict[str, str | None] = {}
 _cidr_cache: dict[str, str | None] = {}
+
+# Go's sloppy IPv4 syntax (the net package before 1.17): decimal octets of any length
+# (leading zeros allowed), checked to be at most 255 below; the prefix length likewise.
+_SLOPPY_IPV4_CIDR_TEXT: Final = re.compile(
+    r"([0-9]+)\.([0-9]+)\.([0-9]+)\.([0-9]+)/([0-9]+)", re.ASCII
+)
+_DIGITS: Final = re.compile(r"[0-9]+", re.ASCII)
+# Unspecified, loopback, link-local and link-local multicast IPv4 addresses begin so.
+_SPECIAL_IPV4_PREFIXES: Final = ("0.0.0.0", "127.", "169.254.", "224.0.0.")
 
 
 def normalize_ip(text: object) -> str | None:
@@ -72,6 +84,52 @@ def normalize_cidr(text: object) -> str | None:
         _cidr_cache.clear()
     _cidr_cache[text] = result
     return result
+
+
+def normalize_cidr_sloppy(text: object) -> str | None:
+    """``normalize_cidr`` with Go's sloppy syntax, as kube-proxy and the API server read
+    loadBalancerSourceRanges: ``010.001.0.0/016`` is ``10.1.0.0/16``."""
+    return _sloppy_cidr(text) if type(text) is str else None
+
+
+def _sloppy_cidr_uncached(text: str) -> str | None:
+    return normalize_cidr(text) or _normalize_sloppy_cidr_uncached(text)
+
+
+def _special_ip_uncached(normalized_ip: str) -> str | None:
+    packed = ipaddress.IPv6Address(normalized_ip).packed
+    if normalized_ip == "::":
+        return "may not be unspecified (::)"
+    if normalized_ip == "::1":
+        return "may not be the loopback address (::1)"
+    if packed[0] == 0xFE and packed[1] & 0xC0 == 0x80:
+        return "may not be in the link-local range (fe80::/10)"
+    if packed[0] == 0xFF and packed[1] & 0x0F == 0x02:
+        return "may not be in the link-local multicast range (ff02::/16)"
+    return None
+
+
+_sloppy_cidr: Final = Memo(_sloppy_cidr_uncached, _CACHE_LIMIT)
+_special_ipv6: Final = Memo(_special_ip_uncached, _CACHE_LIMIT)
+
+
+def special_ip_problem(normalized_ip: str) -> str | None:
+    """Why an address may not be an endpoint or external IP (the API's ValidateEndpointIP:
+    unspecified, loopback, link-local unicast or multicast), or None if it may."""
+    if ":" in normalized_ip:
+        return _special_ipv6(normalized_ip)
+    # The normalised IPv4 text is canonical: prefixes of it are exact tests.
+    if not normalized_ip.startswith(_SPECIAL_IPV4_PREFIXES):
+        return None
+    if normalized_ip == "0.0.0.0":
+        return "may not be unspecified (0.0.0.0)"
+    if normalized_ip.startswith("127."):
+        return "may not be in the loopback range (127.0.0.0/8)"
+    if normalized_ip.startswith("169.254."):
+        return "may not be in the link-local range (169.254.0.0/16)"
+    if normalized_ip.startswith("224.0.0."):
+        return "may not be in the link-local multicast range (224.0.0.0/24)"
+    return None
 
 
 def ip_family(normalized_ip: str) -> IPFamily:
@@ -114,7 +172,25 @@ def _normalize_cidr_uncached(text: str) -> str | None:
     return network.compressed
 
 
+def _normalize_sloppy_cidr_uncached(text: str) -> str | None:
+    if len(text) > 2 * _MAX_CIDR_TEXT or not text.isascii():
+        return None
+    match = _SLOPPY_IPV4_CIDR_TEXT.fullmatch(text)
+    if match is not None:
+        octets = [int(part) for part in match.groups()[:4]]
+        prefix = int(match[5])
+        if max(octets) > 255 or prefix > 32:
+            return None
+        return normalize_cidr(".".join(map(str, octets)) + f"/{prefix}")
+    address_text, slash, prefix_text = text.partition("/")
+    if not slash or ":" not in address_text or not _DIGITS.fullmatch(prefix_text):
+        return None
+    return normalize_cidr(f"{address_text}/{int(prefix_text)}")
+
+
 def clear_caches() -> None:
     """Forget memoised results (benchmarks measure cold parsing with it)."""
     _ip_cache.clear()
     _cidr_cache.clear()
+    _sloppy_cidr.clear()
+    _special_ipv6.clear()

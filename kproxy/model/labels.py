@@ -3,14 +3,13 @@ informers select them)."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any, Final
 
+from kproxy.model.formats import is_label_value
+
 HEADLESS_LABEL: Final = "service.kubernetes.io/headless"
 SERVICE_PROXY_NAME_LABEL: Final = "service.kubernetes.io/service-proxy-name"
-
-_LABEL_VALUE: Final = re.compile(r"(?:[A-Za-z0-9](?:[-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 
 
 def service_selected(labels: Mapping[str, Any], proxy_name: str) -> bool:
@@ -34,7 +33,7 @@ def label_selector(proxy_name: str) -> str:
     Requirements are sorted by key, as Kubernetes' own selector printing does. Raises
     ValueError for a name that is not a valid label value (it would corrupt the selector).
     """
-    if len(proxy_name) > 63 or not _LABEL_VALUE.fullmatch(proxy_name):
+    if not is_label_value(proxy_name):
         raise ValueError(f"invalid service proxy name {proxy_name!r}: must be a label value")
     if proxy_name:
         return f"!{HEADLESS_LABEL},{SERVICE_PROXY_NAME_LABEL}={proxy_name}"

@@ -1,8 +1,11 @@
 """v1 Node objects -> ``NodeInfo`` (kproxy watches only its own node).
 
-Rejected whole: no usable metadata or a spec/status of the wrong shape. Rejected in part:
-labels that are not strings, pod CIDRs that do not parse, InternalIP/ExternalIP addresses
-that are not IPs, malformed address or taint entries. Hostname-type addresses are kept as
+Validated as the API server validates it, and rejected whole otherwise: the name (a DNS-1123
+subdomain), labels, spec and status of the right shape, pod CIDRs (CIDRs, at most one per
+family, ``podCIDR`` equal to ``podCIDRs[0]``), taints (qualified-name keys, label-value
+values, a known effect). The API does not check ``status.addresses``: an entry that is not
+a typed address, or an InternalIP/ExternalIP that is not an IP, is ignored with a
+field-level rejection, as kube-proxy ignores it. Hostname-type addresses are kept as
 given. Labels are sorted, so that equal nodes give equal records whatever the key order.
 """
 
@@ -11,13 +14,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final, TypeGuard
 
-from kproxy.model.addresses import normalize_cidr, normalize_ip
-from kproxy.model.objectmeta import ObjectProblems, describe, is_object, read_metadata
-from kproxy.model.types import NodeInfo, Parsed
+from kproxy.model.addresses import ip_family, normalize_cidr, normalize_ip
+from kproxy.model.formats import is_label_value, is_qualified_name
+from kproxy.model.objectmeta import (
+    MAX_UNBOUNDED_LIST,
+    Invalid,
+    ObjectProblems,
+    check_labels,
+    describe,
+    is_object,
+    read_list,
+    read_metadata,
+)
+from kproxy.model.types import NodeInfo, Parsed, RejectReason
 
 KIND: Final = "Node"
 _IP_ADDRESS_TYPES: Final = frozenset({"InternalIP", "ExternalIP"})
-_MAX_LABEL_TEXT: Final = 317  # a 253-character prefix, "/", and a 63-character name
+_TAINT_EFFECTS: Final = frozenset({"NoSchedule", "PreferNoSchedule", "NoExecute"})
+_MAX_ADDRESS_TEXT: Final = 317  # generous: a hostname address is a DNS name at most
 
 
 def parse_node(obj: Mapping[str, Any]) -> Parsed[NodeInfo]:
@@ -26,73 +40,59 @@ def parse_node(obj: Mapping[str, Any]) -> Parsed[NodeInfo]:
     if isinstance(meta, Parsed):
         return meta
     problems = ObjectProblems(KIND, "", meta.name)
-    spec = obj.get("spec")
-    if spec is None:
-        spec = {}
-    elif not is_object(spec):
-        return problems.drop("spec", "not an object")
-    status = obj.get("status")
-    if status is None:
-        status = {}
-    elif not is_object(status):
-        return problems.drop("status", "not an object")
-    return problems.result(
-        NodeInfo(
+    try:
+        check_labels(meta.labels)
+        spec = obj.get("spec")
+        if spec is None:
+            spec = {}
+        elif not is_object(spec):
+            raise Invalid("spec", "not an object", RejectReason.WRONG_TYPE)
+        status = obj.get("status")
+        if status is None:
+            status = {}
+        elif not is_object(status):
+            raise Invalid("status", "not an object", RejectReason.WRONG_TYPE)
+        node = NodeInfo(
             name=meta.name,
-            labels=_labels(meta.labels, problems),
-            pod_cidrs=_pod_cidrs(spec, problems),
-            addresses=_addresses(status.get("addresses"), problems),
+            labels=tuple(sorted(meta.labels.items())),
+            pod_cidrs=_pod_cidrs(spec),
+            addresses=_addresses(status, problems),
             being_deleted=meta.deletion_requested,
-            taints=_taints(spec.get("taints"), problems),
+            taints=_taints(spec),
         )
-    )
+    except Invalid as error:
+        return problems.drop_invalid(error)
+    return problems.result(node)
 
 
-def _labels(labels: Mapping[str, Any], problems: ObjectProblems) -> tuple[tuple[str, str], ...]:
-    kept: list[tuple[str, str]] = []
-    for key, value in labels.items():
-        if (
-            type(key) is str
-            and type(value) is str
-            and len(key) <= _MAX_LABEL_TEXT
-            and len(value) <= _MAX_LABEL_TEXT
-        ):
-            kept.append((key, value))
-        else:
-            problems.ignore(f"metadata.labels[{describe(key)}]", "not a string label")
-    return tuple(sorted(kept))
-
-
-def _pod_cidrs(spec: Mapping[str, Any], problems: ObjectProblems) -> tuple[str, ...]:
+def _pod_cidrs(spec: Mapping[str, Any]) -> tuple[str, ...]:
     """spec.podCIDRs (primary first), falling back to the legacy spec.podCIDR."""
-    raw = spec.get("podCIDRs")
+    single = spec.get("podCIDR")
+    raw = read_list(spec, "podCIDRs", "spec.podCIDRs", 2)
     path = "spec.podCIDRs"
-    if raw is None or raw == []:
-        single = spec.get("podCIDR")
+    if not raw:
         if single is None or single == "":
             return ()
         raw, path = [single], "spec.podCIDR"
-    elif not isinstance(raw, list):
-        problems.ignore(path, "not a list")
-        return ()
-    cidrs: dict[str, None] = {}
+    elif single not in (None, "") and single != raw[0]:
+        raise Invalid("spec.podCIDR", "must match spec.podCIDRs[0]", RejectReason.INCONSISTENT)
+    cidrs: list[str] = []
     for index, value in enumerate(raw):
+        field = path if path == "spec.podCIDR" else f"{path}[{index}]"
         cidr = normalize_cidr(value)
         if cidr is None:
-            field = path if path == "spec.podCIDR" else f"{path}[{index}]"
-            problems.ignore(field, f"not a CIDR: {describe(value)}")
-        else:
-            cidrs[cidr] = None
+            raise Invalid(field, f"not a CIDR: {describe(value)}", RejectReason.INVALID_CIDR)
+        if cidrs and ip_family(cidrs[0]) is ip_family(cidr):
+            raise Invalid(field, "two pod CIDRs of one family", RejectReason.INCONSISTENT)
+        cidrs.append(cidr)
     return tuple(cidrs)
 
 
-def _addresses(raw: object, problems: ObjectProblems) -> tuple[tuple[str, str], ...]:
+def _addresses(
+    status: Mapping[str, Any], problems: ObjectProblems
+) -> tuple[tuple[str, str], ...]:
     """status.addresses as (type, address); IP-typed addresses are normalised."""
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        problems.ignore("status.addresses", "not a list")
-        return ()
+    raw = read_list(status, "addresses", "status.addresses", MAX_UNBOUNDED_LIST)
     addresses: list[tuple[str, str]] = []
     for index, entry in enumerate(raw):
         path = f"status.addresses[{index}]"
@@ -111,23 +111,29 @@ def _addresses(raw: object, problems: ObjectProblems) -> tuple[tuple[str, str], 
     return tuple(addresses)
 
 
-def _taints(raw: object, problems: ObjectProblems) -> tuple[tuple[str, str], ...]:
-    """spec.taints as (key, effect); the effect may be empty, the key may not."""
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        problems.ignore("spec.taints", "not a list")
-        return ()
+def _taints(spec: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """spec.taints as (key, effect), checked as the API checks them."""
+    raw = read_list(spec, "taints", "spec.taints", MAX_UNBOUNDED_LIST)
     taints: list[tuple[str, str]] = []
     for index, entry in enumerate(raw):
-        key = entry.get("key") if is_object(entry) else None
-        effect = entry.get("effect", "") if is_object(entry) else None
-        if _short_text(key) and type(effect) is str and len(effect) <= _MAX_LABEL_TEXT:
-            taints.append((key, effect))
-        else:
-            problems.ignore(f"spec.taints[{index}]", f"not a taint: {describe(entry)}")
+        path = f"spec.taints[{index}]"
+        if not is_object(entry):
+            raise Invalid(path, "not an object", RejectReason.WRONG_TYPE)
+        key, value, effect = entry.get("key"), entry.get("value"), entry.get("effect")
+        if not is_qualified_name(key):
+            raise Invalid(f"{path}.key", f"not a qualified name: {describe(key)}",
+                          RejectReason.INVALID_LABEL)
+        if value is not None and not is_label_value(value):
+            raise Invalid(f"{path}.value", f"not a label value: {describe(value)}",
+                          RejectReason.INVALID_LABEL)
+        if type(effect) is not str or effect not in _TAINT_EFFECTS:
+            raise Invalid(f"{path}.effect", f"unsupported effect {describe(effect)}",
+                          RejectReason.UNSUPPORTED_VALUE)
+        taints.append((key, effect))
     return tuple(taints)
 
 
 def _short_text(value: object) -> TypeGuard[str]:
-    return type(value) is str and 0 < len(value) <= _MAX_LABEL_TEXT
+    return (
+        type(value) is str and 0 < len(value) <= _MAX_ADDRESS_TEXT and value.isprintable()
+    )

@@ -189,12 +189,32 @@ class ServiceInfo:
         return NamespacedName(self.namespace, self.name)
 
 
+class RejectReason(enum.StrEnum):
+    """Why something was rejected: a short, fixed set, used as a metric label."""
+
+    WRONG_TYPE = "wrong_type"  # not an object / list / string / number / boolean
+    MISSING = "missing"  # a required value is absent or empty
+    INVALID_NAME = "invalid_name"  # an object, port, node or host name of the wrong syntax
+    INVALID_LABEL = "invalid_label"  # a label key or value of the wrong syntax
+    INVALID_PORT = "invalid_port"  # a port number (or named port) out of range or malformed
+    INVALID_IP = "invalid_ip"  # not an IP address, the wrong family, or a special address
+    INVALID_CIDR = "invalid_cidr"
+    INVALID_VALUE = "invalid_value"  # a value out of range or of the wrong form otherwise
+    UNSUPPORTED_VALUE = "unsupported_value"  # not one of an enum's values
+    TOO_MANY = "too_many"  # a list longer than the API allows (or than kproxy reads)
+    DUPLICATE = "duplicate"
+    FORBIDDEN = "forbidden"  # a field set where the API does not allow it
+    INCONSISTENT = "inconsistent"  # fields that contradict each other
+    IGNORED = "ignored"  # accepted by the API but not used by kube-proxy (field only)
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """Something in an API object that could not be honoured and was skipped.
 
     ``field`` is a JSON-path-like location (``spec.ports[1].port``); ``whole_object``
-    says whether the entire object was dropped or only the named part.
+    says whether the entire object was dropped or only the named part (only for what the
+    API server accepts but kube-proxy ignores). ``code`` is the machine-readable reason.
     """
 
     kind: str
@@ -203,11 +223,23 @@ class Rejection:
     field: str
     reason: str
     whole_object: bool = False
+    code: RejectReason = RejectReason.INVALID_VALUE
 
     def __str__(self) -> str:
         scope = "skipped object" if self.whole_object else "ignored field"
         where = f"{self.namespace}/{self.name}" if self.namespace else self.name
-        return f"{self.kind} {where}: {scope} {self.field}: {self.reason}"
+        return escape_for_log(
+            f"{self.kind} {where}: {scope} {self.field}: {self.reason} [{self.code.value}]"
+        )
+
+
+def escape_for_log(text: str) -> str:
+    """Text with every non-printable character (NUL, newline, ESC, other controls, line
+    separators) written as a Python escape, so one log line stays one harmless line.
+    Names in rejections are untrusted: they are logged before, or because, they failed."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 @dataclass(frozen=True, slots=True)

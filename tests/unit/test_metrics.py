@@ -21,6 +21,7 @@ from kproxy.model.types import (
     IPFamily,
     Protocol,
     Rejection,
+    RejectReason,
     ServiceInfo,
     ServicePort,
     ServicePortName,
@@ -229,15 +230,27 @@ def test_health_answers_rejections_and_userspace_stats(
     health.healthz()
     health.healthz()
     health.livez()
-    bad_port = Rejection("Service", "default", "bad", "spec.ports[0].port", "out of range")
+    bad_port = Rejection("Service", "default", "bad", "spec.ports[0].port", "out of range",
+                         True, RejectReason.INVALID_PORT)
+    bad_name = Rejection("Service", "default", "bad", "metadata.name", "not a label",
+                         True, RejectReason.INVALID_NAME)
     rejections.record([bad_port])
     rejections.record([bad_port])  # seen again on a resync: counted again
-    rejections.record([Rejection("EndpointSlice", "default", "s", "endpoints[0]", "bad IP")])
+    rejections.record([bad_name])
+    rejections.record([Rejection("EndpointSlice", "default", "s", "endpoints[0]", "bad IP",
+                                 True, RejectReason.INVALID_IP)])
     found = samples(metrics)
     assert value(found, "kubeproxy_proxy_healthz_total", code="200") == 2
     assert value(found, "kubeproxy_proxy_livez_total", code="200") == 1
-    assert value(found, "kproxy_rejected_objects_total", kind="Service") == 2
-    assert value(found, "kproxy_rejected_objects_total", kind="EndpointSlice") == 1
+    assert value(found, "kproxy_rejected_objects_total", kind="Service",
+                 reason="invalid_port") == 2
+    assert value(found, "kproxy_rejected_objects_total", kind="Service",
+                 reason="invalid_name") == 1
+    assert value(found, "kproxy_rejected_objects_total", kind="EndpointSlice",
+                 reason="invalid_ip") == 1
+    assert {dict(labels)["reason"] for name, labels in found
+            if name == "kproxy_rejected_objects_total"} == {"invalid_port", "invalid_name",
+                                                             "invalid_ip"}
     assert value(found, "kproxy_userspace_active_connections") == 3
     assert value(found, "kproxy_userspace_accepted_connections_total") == 10
     assert value(found, "kproxy_userspace_rejected_connections_total") == 1

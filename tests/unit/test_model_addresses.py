@@ -8,7 +8,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kproxy.model.addresses import clear_caches, ip_family, normalize_cidr, normalize_ip
+from kproxy.model.addresses import (
+    clear_caches,
+    ip_family,
+    normalize_cidr,
+    normalize_cidr_sloppy,
+    normalize_ip,
+    special_ip_problem,
+)
 from kproxy.model.types import IPFamily
 
 
@@ -101,3 +108,41 @@ def test_normalize_ip_never_raises_and_agrees_with_ipaddress(text: str) -> None:
     if result is not None:
         assert ipaddress.ip_address(result) is not None
         assert normalize_ip(result) == result  # idempotent
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10.0.0.0/8", "10.0.0.0/8"),
+        ("010.001.000.000/016", "10.1.0.0/16"),  # Go's ParseCIDRSloppy reads decimal
+        ("0010.0.0.1/08", "10.0.0.0/8"),
+        ("10.1.2.3/32", "10.1.2.3/32"),
+        ("2001:DB8::1/064", "2001:db8::/64"),
+        ("256.0.0.0/8", None),
+        ("10.0.0.0/33", None),
+        ("10.0.0.0", None),
+        ("10.0.0/8", None),
+        ("10.0.0.0/-1", None),
+        ("1" * 200 + ".0.0.0/8", None),
+        ("::ffff:10.0.0.0/104", None),
+        (" 10.0.0.0/8", None),  # trimming is the caller's: the API server trims first
+        (8, None),
+    ],
+)
+def test_sloppy_cidrs_are_read_as_kube_proxy_reads_source_ranges(
+    text: object, expected: str | None
+) -> None:
+    clear_caches()
+    assert normalize_cidr_sloppy(text) == expected
+    assert normalize_cidr_sloppy(text) == expected  # memoised
+
+
+@pytest.mark.parametrize(
+    ("ip", "special"),
+    [("10.0.0.1", False), ("0.0.0.0", True), ("127.0.0.1", True), ("127.255.0.9", True),
+     ("169.254.1.1", True), ("224.0.0.1", True), ("224.0.1.1", False), ("1.2.3.4", False),
+     ("::", True), ("::1", True), ("fe80::1", True), ("febf::1", True), ("fec0::1", False),
+     ("ff02::1", True), ("ff12::1", True), ("ff05::1", False), ("2001:db8::1", False)],
+)
+def test_special_addresses_are_those_the_api_refuses_as_endpoints(ip: str, special: bool) -> None:
+    assert (special_ip_problem(ip) is not None) is special

@@ -16,6 +16,7 @@ from kproxy.model.types import (
     Parsed,
     Protocol,
     Rejection,
+    RejectReason,
 )
 
 TRIGGER = "endpoints.kubernetes.io/last-change-trigger-time"
@@ -59,6 +60,13 @@ def ok(parsed: Parsed[EndpointSliceInfo]) -> EndpointSliceInfo:
 
 def fields(parsed: Parsed[Any]) -> list[tuple[str, bool]]:
     return [(r.field, r.whole_object) for r in parsed.rejections]
+
+
+def rejected(parsed: Parsed[Any]) -> tuple[str, RejectReason]:
+    """The field and reason code of the one rejection, asserting the slice is skipped whole."""
+    assert parsed.value is None
+    assert len(parsed.rejections) == 1 and parsed.rejections[0].whole_object
+    return parsed.rejections[0].field, parsed.rejections[0].code
 
 
 def test_slice_record_names_its_service_family_ports_and_endpoints() -> None:
@@ -128,15 +136,10 @@ def test_port_name_and_protocol_default_as_the_api_server_defaults_them() -> Non
         pytest.param({"name": "b"}, "ports[1].port", id="nil-port-all-ports-unsupported"),
         pytest.param({"name": "b", "port": None}, "ports[1].port", id="explicit-null-port"),
         pytest.param({"name": "b", "port": 0}, "ports[1].port", id="port-zero-skipped"),
-        pytest.param({"name": "b", "port": 65536}, "ports[1].port", id="port-out-of-range"),
-        pytest.param({"name": "b", "port": "80"}, "ports[1].port", id="port-string"),
-        pytest.param({"name": "b", "port": 81, "protocol": "HTTP"}, "ports[1].protocol",
-                     id="unknown-protocol"),
-        pytest.param({"name": ["b"], "port": 81}, "ports[1].name", id="bad-name"),
-        pytest.param(81, "ports[1]", id="not-an-object"),
+        pytest.param(None, "ports[1]", id="null-entry-is-an-all-ports-entry"),
     ],
 )
-def test_a_bad_slice_port_is_skipped_alone(bad_port: Any, field: str) -> None:
+def test_a_slice_port_kube_proxy_ignores_is_skipped_alone(bad_port: Any, field: str) -> None:
     ports = [{"name": "a", "port": 80}, bad_port, {"name": "c", "port": 82, "protocol": "SCTP"}]
     parsed = parse_endpoint_slice(endpoint_slice(ports=ports))
     assert parsed.value is not None
@@ -146,6 +149,55 @@ def test_a_bad_slice_port_is_skipped_alone(bad_port: Any, field: str) -> None:
     )
     assert len(parsed.value.endpoints) == 1
     assert fields(parsed) == [(field, False)]
+
+
+@pytest.mark.parametrize(
+    ("bad_port", "field", "code"),
+    [
+        pytest.param({"name": "b", "port": 65536}, "ports[1].port", RejectReason.INVALID_PORT,
+                     id="port-out-of-range"),
+        pytest.param({"name": "b", "port": -5}, "ports[1].port", RejectReason.INVALID_PORT,
+                     id="port-negative"),
+        pytest.param({"name": "b", "port": "80"}, "ports[1].port", RejectReason.INVALID_PORT,
+                     id="port-string"),
+        pytest.param({"name": "b", "port": 81, "protocol": "HTTP"}, "ports[1].protocol",
+                     RejectReason.UNSUPPORTED_VALUE, id="unknown-protocol"),
+        pytest.param({"name": ["b"], "port": 81}, "ports[1].name", RejectReason.WRONG_TYPE,
+                     id="bad-name"),
+        pytest.param({"name": "10.0.0.0/8", "port": 81}, "ports[1].name",
+                     RejectReason.INVALID_NAME, id="name-not-a-dns-label"),
+        pytest.param({"name": "b\x00", "port": 81}, "ports[1].name", RejectReason.INVALID_NAME,
+                     id="name-with-nul"),
+        pytest.param({"name": "a", "port": 81}, "ports[1].name", RejectReason.DUPLICATE,
+                     id="duplicate-name"),
+        pytest.param(81, "ports[1]", RejectReason.WRONG_TYPE, id="not-an-object"),
+    ],
+)
+def test_a_bad_slice_port_skips_the_whole_slice(
+    bad_port: Any, field: str, code: RejectReason
+) -> None:
+    ports = [{"name": "a", "port": 80}, bad_port, {"name": "c", "port": 82, "protocol": "SCTP"}]
+    assert rejected(parse_endpoint_slice(endpoint_slice(ports=ports))) == (field, code)
+
+
+def test_slice_port_names_are_dns_labels_of_up_to_63_characters() -> None:
+    ports = [{"name": "p" * 63, "port": 80}, {"name": "", "port": 81}]
+    assert [p.name for p in ok(parse_endpoint_slice(endpoint_slice(ports=ports))).ports] == [
+        "p" * 63, ""
+    ]
+
+
+def test_too_many_ports_or_endpoints_skip_the_slice() -> None:
+    ports = [{"name": f"p{i}", "port": 1 + i} for i in range(101)]
+    assert rejected(parse_endpoint_slice(endpoint_slice(ports=ports))) == (
+        "ports", RejectReason.TOO_MANY
+    )
+    endpoints = [{"addresses": [f"10.0.{i // 256}.{i % 256}"]} for i in range(1001)]
+    assert rejected(parse_endpoint_slice(endpoint_slice(endpoints=endpoints))) == (
+        "endpoints", RejectReason.TOO_MANY
+    )
+    assert len(ok(parse_endpoint_slice(endpoint_slice(endpoints=endpoints[:1000]))).endpoints) \
+        == 1000
 
 
 # --- endpoints --------------------------------------------------------------------------
@@ -209,53 +261,118 @@ def test_locality_and_hints_are_kept() -> None:
 
 
 @pytest.mark.parametrize(
-    ("bad_endpoint", "field"),
+    ("bad_endpoint", "field", "code"),
     [
-        pytest.param({"addresses": []}, "endpoints[1].addresses", id="no-address"),
-        pytest.param({}, "endpoints[1].addresses", id="addresses-missing"),
-        pytest.param({"addresses": "10.0.0.2"}, "endpoints[1].addresses", id="not-a-list"),
+        pytest.param({"addresses": []}, "endpoints[1].addresses", RejectReason.MISSING,
+                     id="no-address"),
+        pytest.param({}, "endpoints[1].addresses", RejectReason.MISSING, id="addresses-missing"),
+        pytest.param({"addresses": "10.0.0.2"}, "endpoints[1].addresses",
+                     RejectReason.WRONG_TYPE, id="not-a-list"),
+        pytest.param({"addresses": ["10.0.0.2"] * 101}, "endpoints[1].addresses",
+                     RejectReason.TOO_MANY, id="more-than-100-addresses"),
         pytest.param({"addresses": ["2001:db8::2"]}, "endpoints[1].addresses[0]",
-                     id="wrong-family-for-slice"),
+                     RejectReason.INVALID_IP, id="wrong-family-for-slice"),
         pytest.param({"addresses": ["10.0.0.256"]}, "endpoints[1].addresses[0]",
-                     id="not-an-ip"),
+                     RejectReason.INVALID_IP, id="not-an-ip"),
         pytest.param({"addresses": ["10.0.0.02"]}, "endpoints[1].addresses[0]",
-                     id="leading-zero"),
+                     RejectReason.INVALID_IP, id="leading-zero"),
+        pytest.param({"addresses": ["10.0.0.2", "bogus"]}, "endpoints[1].addresses[1]",
+                     RejectReason.INVALID_IP, id="every-address-is-checked"),
+        pytest.param({"addresses": ["127.0.0.1"]}, "endpoints[1].addresses[0]",
+                     RejectReason.INVALID_IP, id="loopback"),
+        pytest.param({"addresses": ["169.254.169.254"]}, "endpoints[1].addresses[0]",
+                     RejectReason.INVALID_IP, id="link-local"),
+        pytest.param({"addresses": ["0.0.0.0"]}, "endpoints[1].addresses[0]",
+                     RejectReason.INVALID_IP, id="unspecified"),
         pytest.param({"addresses": ["10.0.0.2"], "conditions": {"ready": "false"}},
-                     "endpoints[1].conditions.ready", id="condition-not-boolean"),
+                     "endpoints[1].conditions.ready", RejectReason.WRONG_TYPE,
+                     id="condition-not-boolean"),
         pytest.param({"addresses": ["10.0.0.2"], "conditions": {"terminating": 1}},
-                     "endpoints[1].conditions.terminating", id="condition-int"),
+                     "endpoints[1].conditions.terminating", RejectReason.WRONG_TYPE,
+                     id="condition-int"),
         pytest.param({"addresses": ["10.0.0.2"], "conditions": "Ready"},
-                     "endpoints[1].conditions", id="conditions-not-an-object"),
-        pytest.param(["10.0.0.2"], "endpoints[1]", id="endpoint-not-an-object"),
+                     "endpoints[1].conditions", RejectReason.WRONG_TYPE,
+                     id="conditions-not-an-object"),
+        pytest.param(["10.0.0.2"], "endpoints[1]", RejectReason.WRONG_TYPE,
+                     id="endpoint-not-an-object"),
+        pytest.param({"addresses": ["10.0.0.2"], "nodeName": 5}, "endpoints[1].nodeName",
+                     RejectReason.WRONG_TYPE, id="node-name-not-a-string"),
+        pytest.param({"addresses": ["10.0.0.2"], "nodeName": "Node_A"},
+                     "endpoints[1].nodeName", RejectReason.INVALID_NAME, id="node-name-syntax"),
+        pytest.param({"addresses": ["10.0.0.2"], "hostname": "a.b"}, "endpoints[1].hostname",
+                     RejectReason.INVALID_NAME, id="hostname-is-a-label"),
+        pytest.param({"addresses": ["10.0.0.2"], "hints": "zone-1"}, "endpoints[1].hints",
+                     RejectReason.WRONG_TYPE, id="hints-not-an-object"),
+        pytest.param({"addresses": ["10.0.0.2"], "hints": {"forZones": "zone-1"}},
+                     "endpoints[1].hints.forZones", RejectReason.WRONG_TYPE,
+                     id="zone-hints-not-a-list"),
+        pytest.param({"addresses": ["10.0.0.2"], "hints": {"forZones": [{"nom": "zone-1"}]}},
+                     "endpoints[1].hints.forZones[0].name", RejectReason.INVALID_NAME,
+                     id="zone-hint-without-name"),
+        pytest.param({"addresses": ["10.0.0.2"], "hints": {"forZones": [{"name": "z 1"}]}},
+                     "endpoints[1].hints.forZones[0].name", RejectReason.INVALID_NAME,
+                     id="zone-hint-not-a-label-value"),
+        pytest.param({"addresses": ["10.0.0.2"],
+                      "hints": {"forZones": [{"name": "z"}, {"name": "z"}]}},
+                     "endpoints[1].hints.forZones[1].name", RejectReason.DUPLICATE,
+                     id="zone-hint-twice"),
+        pytest.param({"addresses": ["10.0.0.2"],
+                      "hints": {"forZones": [{"name": f"z{i}"} for i in range(9)]}},
+                     "endpoints[1].hints.forZones", RejectReason.TOO_MANY,
+                     id="more-than-8-zone-hints"),
+        pytest.param({"addresses": ["10.0.0.2"], "hints": {"forNodes": [{"name": 1}]}},
+                     "endpoints[1].hints.forNodes[0].name", RejectReason.INVALID_NAME,
+                     id="node-hint-not-a-name"),
     ],
 )
-def test_a_bad_endpoint_is_skipped_alone(bad_endpoint: Any, field: str) -> None:
-    raw = [{"addresses": ["10.0.0.1"]}, bad_endpoint, {"addresses": ["10.0.0.3"]}]
-    parsed = parse_endpoint_slice(endpoint_slice(endpoints=raw))
-    assert parsed.value is not None
-    assert [e.ip for e in parsed.value.endpoints] == ["10.0.0.1", "10.0.0.3"]
-    assert fields(parsed) == [(field, False)]
-
-
-@pytest.mark.parametrize(
-    ("extra", "field"),
-    [
-        ({"nodeName": 5}, "endpoints[0].nodeName"),
-        ({"zone": ""}, "endpoints[0].zone"),
-        ({"hints": "zone-1"}, "endpoints[0].hints"),
-        ({"hints": {"forZones": "zone-1"}}, "endpoints[0].hints.forZones"),
-        ({"hints": {"forZones": [{"nom": "zone-1"}]}}, "endpoints[0].hints.forZones[0]"),
-        ({"hints": {"forNodes": [{"name": 1}]}}, "endpoints[0].hints.forNodes[0]"),
-    ],
-)
-def test_bad_locality_fields_are_dropped_but_the_endpoint_kept(
-    extra: dict[str, Any], field: str
+def test_a_bad_endpoint_skips_the_whole_slice(
+    bad_endpoint: Any, field: str, code: RejectReason
 ) -> None:
-    raw = [{"addresses": ["10.0.0.1"], **extra}]
+    raw = [{"addresses": ["10.0.0.1"]}, bad_endpoint, {"addresses": ["10.0.0.3"]}]
+    assert rejected(parse_endpoint_slice(endpoint_slice(endpoints=raw))) == (field, code)
+
+
+@pytest.mark.parametrize("zone", ["", "zone\n1", 5])
+def test_a_zone_kproxy_cannot_use_is_dropped_but_the_endpoint_kept(zone: Any) -> None:
+    # The API server does not check zones; kproxy ignores one it cannot use, as before.
+    raw = [{"addresses": ["10.0.0.1"], "zone": zone}]
     parsed = parse_endpoint_slice(endpoint_slice(endpoints=raw))
     assert parsed.value is not None
     assert parsed.value.endpoints == (Endpoint("10.0.0.1", 0),)
-    assert fields(parsed) == [(field, False)]
+    assert fields(parsed) == [("endpoints[0].zone", False)]
+
+
+@pytest.mark.parametrize(
+    ("labels", "field", "code"),
+    [
+        ({}, "metadata.labels[kubernetes.io/service-name]", RejectReason.MISSING),
+        ({"kubernetes.io/service-name": ""}, "metadata.labels[kubernetes.io/service-name]",
+         RejectReason.MISSING),
+        ({"kubernetes.io/service-name": "web\x00"},
+         "metadata.labels[kubernetes.io/service-name]", RejectReason.INVALID_LABEL),
+        ({"kubernetes.io/service-name": "web", "bad key": "x"}, "metadata.labels['bad key']",
+         RejectReason.INVALID_LABEL),
+    ],
+)
+def test_bad_labels_skip_the_whole_slice(
+    labels: dict[str, Any], field: str, code: RejectReason
+) -> None:
+    assert rejected(parse_endpoint_slice(endpoint_slice(labels=labels))) == (field, code)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "field"),
+    [({"name": "Web-abc"}, "metadata.name"), ({"name": "web_abc"}, "metadata.name"),
+     ({"name": "web\nabc"}, "metadata.name"), ({"namespace": "a.b"}, "metadata.namespace")],
+)
+def test_slice_names_are_subdomains_and_namespaces_labels(
+    metadata: dict[str, Any], field: str
+) -> None:
+    obj = endpoint_slice()
+    obj["metadata"].update(metadata)
+    assert rejected(parse_endpoint_slice(obj)) == (field, RejectReason.INVALID_NAME)
+    obj["metadata"].update({"name": "web.abc-1", "namespace": "default"})
+    assert ok(parse_endpoint_slice(obj)).name == "web.abc-1"
 
 
 def test_ports_or_endpoints_of_the_wrong_shape_skip_the_slice() -> None:
@@ -313,5 +430,6 @@ def test_whole_object_rejections_name_kind_namespace_and_name() -> None:
     parsed = parse_endpoint_slice({"metadata": {"namespace": "default"}})
     assert parsed == Parsed(
         None,
-        (Rejection("EndpointSlice", "default", "", "metadata.name", "missing", True),),
+        (Rejection("EndpointSlice", "default", "", "metadata.name", "missing", True,
+                   RejectReason.MISSING),),
     )

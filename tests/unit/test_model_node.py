@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from kproxy.model.node import parse_node
-from kproxy.model.types import NodeInfo, Parsed
+from kproxy.model.types import NodeInfo, Parsed, RejectReason
 
 
 def node(**overrides: Any) -> dict[str, Any]:
@@ -72,31 +72,79 @@ def test_deletion_timestamp_marks_the_node_as_being_deleted() -> None:
 @pytest.mark.parametrize(
     ("overrides", "field"),
     [
-        ({"spec__podCIDRs": ["10.244.1.0/24", "bogus"]}, "spec.podCIDRs[1]"),
-        ({"spec__podCIDRs": None, "spec__podCIDR": "bogus"}, "spec.podCIDR"),
-        ({"spec__podCIDRs": "10.244.1.0/24"}, "spec.podCIDRs"),
         ({"status__addresses": [{"type": "InternalIP", "address": "300.1.1.1"}]},
          "status.addresses[0].address"),
         ({"status__addresses": [{"type": "InternalIP"}]}, "status.addresses[0]"),
         ({"status__addresses": ["192.168.1.10"]}, "status.addresses[0]"),
-        ({"status__addresses": {}}, "status.addresses"),
-        ({"spec__taints": [{"effect": "NoSchedule"}]}, "spec.taints[0]"),
-        ({"spec__taints": "NoSchedule"}, "spec.taints"),
+        ({"status__addresses": [{"type": "Hostname", "address": "node\x1b[2J"}]},
+         "status.addresses[0]"),
     ],
 )
-def test_bad_parts_of_a_node_are_dropped_alone(overrides: dict[str, Any], field: str) -> None:
+def test_bad_addresses_are_dropped_alone_as_kube_proxy_ignores_them(
+    overrides: dict[str, Any], field: str
+) -> None:
+    # The API server does not check status.addresses; kube-proxy skips what it cannot parse.
     parsed = parse_node(node(**overrides))
     assert parsed.value is not None and parsed.value.name == "node-a"
     assert fields(parsed) == [(field, False)]
     assert all(r.kind == "Node" and r.name == "node-a" for r in parsed.rejections)
 
 
-def test_non_string_labels_are_dropped_alone() -> None:
+@pytest.mark.parametrize(
+    ("overrides", "field", "code"),
+    [
+        ({"spec__podCIDRs": ["10.244.1.0/24", "bogus"]}, "spec.podCIDRs[1]",
+         RejectReason.INVALID_CIDR),
+        ({"spec__podCIDRs": None, "spec__podCIDR": "bogus"}, "spec.podCIDR",
+         RejectReason.INVALID_CIDR),
+        ({"spec__podCIDRs": "10.244.1.0/24"}, "spec.podCIDRs", RejectReason.WRONG_TYPE),
+        ({"spec__podCIDRs": ["10.244.1.0/24", "10.244.2.0/24"]}, "spec.podCIDRs[1]",
+         RejectReason.INCONSISTENT),
+        ({"spec__podCIDRs": ["10.244.1.0/24", "fd00::/64", "10.244.2.0/24"]},
+         "spec.podCIDRs", RejectReason.TOO_MANY),
+        ({"spec__podCIDR": "10.244.9.0/24"}, "spec.podCIDR", RejectReason.INCONSISTENT),
+        ({"status__addresses": {}}, "status.addresses", RejectReason.WRONG_TYPE),
+        ({"spec__taints": [{"effect": "NoSchedule"}]}, "spec.taints[0].key",
+         RejectReason.INVALID_LABEL),
+        ({"spec__taints": [{"key": "k", "effect": "Sometimes"}]}, "spec.taints[0].effect",
+         RejectReason.UNSUPPORTED_VALUE),
+        ({"spec__taints": [{"key": "k", "value": "a b", "effect": "NoSchedule"}]},
+         "spec.taints[0].value", RejectReason.INVALID_LABEL),
+        ({"spec__taints": "NoSchedule"}, "spec.taints", RejectReason.WRONG_TYPE),
+    ],
+)
+def test_a_node_the_api_server_would_refuse_is_rejected_whole(
+    overrides: dict[str, Any], field: str, code: RejectReason
+) -> None:
+    parsed = parse_node(node(**overrides))
+    assert parsed.value is None
+    assert [(r.field, r.whole_object, r.code) for r in parsed.rejections] == [(field, True, code)]
+    assert all(r.kind == "Node" and r.name == "node-a" for r in parsed.rejections)
+
+
+@pytest.mark.parametrize(
+    ("labels", "field"),
+    [({"a": "1", "b": 2}, "metadata.labels[b]"),
+     ({"topology.kubernetes.io/zone": "zone 1"}, "metadata.labels[topology.kubernetes.io/zone]"),
+     ({"a b": "1"}, "metadata.labels['a b']")],
+)
+def test_malformed_labels_reject_the_whole_node(labels: dict[str, Any], field: str) -> None:
     obj = node()
-    obj["metadata"]["labels"] = {"a": "1", "b": 2}
+    obj["metadata"]["labels"] = labels
     parsed = parse_node(obj)
-    assert parsed.value is not None and parsed.value.labels == (("a", "1"),)
-    assert fields(parsed) == [("metadata.labels['b']", False)]
+    assert parsed.value is None
+    assert [(r.field, r.code) for r in parsed.rejections] == [
+        (field, RejectReason.INVALID_LABEL)
+    ]
+
+
+@pytest.mark.parametrize("name", ["Node-A", "node_a", "node-a.", "n" * 254, "node\x00"])
+def test_node_names_are_dns_subdomains(name: str) -> None:
+    obj = node()
+    obj["metadata"]["name"] = name
+    assert [(r.field, r.code) for r in parse_node(obj).rejections] == [
+        ("metadata.name", RejectReason.INVALID_NAME)
+    ]
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kproxy.model.addresses import clear_caches, normalize_cidr, normalize_ip
+from kproxy.model.addresses import (
+    clear_caches,
+    normalize_cidr_sloppy,
+    normalize_ip,
+    special_ip_problem,
+)
 from kproxy.model.endpoints import merge_endpoint_slices
 from kproxy.model.endpointslice import parse_endpoint_slice
 from kproxy.model.node import parse_node
@@ -69,6 +74,9 @@ ipv6s = st.builds(IPv6Address, st.integers(min_value=0, max_value=2**128 - 1)).f
     lambda ip: ip.ipv4_mapped is None  # an IPv4 address for Go, and so for kube-proxy
 ).map(str)
 port_numbers = st.integers(min_value=1, max_value=65535)
+# Addresses an endpoint or external IP may have (not loopback, link-local, unspecified).
+endpoint_ipv4s = ipv4s.filter(lambda ip: special_ip_problem(ip) is None)
+endpoint_ipv6s = ipv6s.filter(lambda ip: special_ip_problem(str(normalize_ip(ip))) is None)
 protocols = st.sampled_from(["TCP", "UDP", "SCTP"])
 
 
@@ -78,23 +86,28 @@ def valid_services(draw: st.DrawFn) -> dict[str, Any]:
     families = draw(st.sampled_from([[ipv4s], [ipv6s], [ipv4s, ipv6s], [ipv6s, ipv4s]]))
     cluster_ips = [draw(family) for family in families]
     port_names = draw(st.lists(names, min_size=1, max_size=3, unique=True))
+    # Port numbers and node ports are unique in a valid service (per protocol, at least).
+    numbers = draw(st.lists(port_numbers, min_size=len(port_names), max_size=len(port_names),
+                            unique=True))
+    node_ports = draw(st.lists(st.integers(min_value=30000, max_value=32767),
+                               min_size=len(port_names), max_size=len(port_names), unique=True))
     ports = []
-    for port_name in port_names:
+    for port_name, number, node_port in zip(port_names, numbers, node_ports, strict=True):
         port: dict[str, Any] = {
             "name": port_name,
             "protocol": draw(protocols),
-            "port": draw(port_numbers),
+            "port": number,
             "targetPort": draw(port_numbers | st.sampled_from(["http", "dns"])),
         }
         if service_type != "ClusterIP":
-            port["nodePort"] = draw(st.integers(min_value=30000, max_value=32767))
+            port["nodePort"] = node_port
         ports.append(port)
     spec: dict[str, Any] = {
         "type": service_type,
         "clusterIP": cluster_ips[0],
         "clusterIPs": cluster_ips,
         "ports": ports,
-        "externalIPs": draw(st.lists(ipv4s | ipv6s, max_size=2)),
+        "externalIPs": draw(st.lists(endpoint_ipv4s | endpoint_ipv6s, max_size=2)),
         "sessionAffinity": draw(st.sampled_from(["None", "ClientIP"])),
         "internalTrafficPolicy": draw(st.sampled_from(["Cluster", "Local"])),
     }
@@ -102,7 +115,8 @@ def valid_services(draw: st.DrawFn) -> dict[str, Any]:
     if service_type != "ClusterIP":
         spec["externalTrafficPolicy"] = draw(st.sampled_from(["Cluster", "Local"]))
     if service_type == "LoadBalancer":
-        spec["healthCheckNodePort"] = draw(st.integers(min_value=30000, max_value=32767))
+        if spec["externalTrafficPolicy"] == "Local":
+            spec["healthCheckNodePort"] = draw(st.integers(min_value=30000, max_value=32767))
         spec["loadBalancerSourceRanges"] = draw(st.lists(st.sampled_from(
             ["10.0.0.0/8", "192.168.0.0/16", "2001:db8::/32"]), max_size=2))
         status = {"loadBalancer": {"ingress": [{"ip": draw(ipv4s)}]}}
@@ -116,7 +130,7 @@ def valid_services(draw: st.DrawFn) -> dict[str, Any]:
 @st.composite
 def valid_slices(draw: st.DrawFn) -> dict[str, Any]:
     family = draw(st.sampled_from(["IPv4", "IPv6"]))
-    addresses = ipv4s if family == "IPv4" else ipv6s
+    addresses = endpoint_ipv4s if family == "IPv4" else endpoint_ipv6s
     endpoints = []
     for _ in range(draw(st.integers(min_value=0, max_value=6))):
         endpoint: dict[str, Any] = {
@@ -170,7 +184,7 @@ def mutated(draw: st.DrawFn, base: st.SearchStrategy[Json]) -> Json:
 
 
 def _valid_name(value: object) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= 253
+    return isinstance(value, str) and 0 < len(value) <= 253 and value.isprintable()
 
 
 def check_rejections(kind: str, obj: Json, parsed: Parsed[Any], *, namespaced: bool) -> None:
@@ -184,7 +198,8 @@ def check_rejections(kind: str, obj: Json, parsed: Parsed[Any], *, namespaced: b
     for rejection in parsed.rejections:
         assert rejection.kind == kind
         assert rejection.field and rejection.reason
-        assert str(rejection)
+        assert str(rejection) and str(rejection).isprintable()  # one harmless log line
+        assert rejection.code.value.islower()
         if _valid_name(metadata.get("name")):
             assert rejection.name == metadata["name"]
         if namespaced and _valid_name(metadata.get("namespace")):
@@ -253,7 +268,7 @@ def test_malformed_objects_do_not_change_how_valid_objects_parse(
 
 bad_ips = st.one_of(st.text(max_size=20), scalars).filter(lambda v: normalize_ip(v) is None)
 bad_cidrs = st.one_of(st.text(max_size=20), scalars).filter(
-    lambda v: not isinstance(v, str) or normalize_cidr(v.strip()) is None
+    lambda v: not isinstance(v, str) or normalize_cidr_sloppy(v.strip()) is None
 )
 bad_service_ports = st.one_of(
     scalars,
@@ -269,7 +284,7 @@ def _insert(data: st.DataObject, items: list[Any], value: Any) -> None:
 
 
 @given(valid_services(), st.data())
-def test_a_malformed_part_of_a_service_drops_only_that_part(
+def test_a_malformed_part_of_a_service_rejects_it_whole_with_one_rejection(
     service: dict[str, Any], data: st.DataObject
 ) -> None:
     original = parse_service(service)
@@ -288,8 +303,9 @@ def test_a_malformed_part_of_a_service_drops_only_that_part(
         bad_ip = data.draw(bad_ips.filter(lambda v: v not in (None, "")))
         _insert(data, ingress, {"ip": bad_ip})
     parsed = parse_service(damaged)
-    assert parsed.value == original.value
-    assert len(parsed.rejections) == 1 and not parsed.rejections[0].whole_object
+    assert original.value is not None and original.rejections == ()
+    assert parsed.value is None
+    assert len(parsed.rejections) == 1 and parsed.rejections[0].whole_object
 
 
 bad_endpoints = st.one_of(
@@ -300,27 +316,52 @@ bad_endpoints = st.one_of(
         "conditions": st.fixed_dictionaries({"ready": st.sampled_from(["true", 1, [], {}])}),
     }),
 )
-bad_slice_ports = st.one_of(
-    scalars,
+# "All ports" entries: the API accepts them, kube-proxy skips them.
+ignored_slice_ports = st.one_of(
+    st.none(),
     st.fixed_dictionaries({"name": st.just("bad"), "port": st.none() | st.just(0)}),
+)
+bad_slice_ports = st.one_of(
+    scalars.filter(lambda v: v is not None),
     st.fixed_dictionaries({"name": st.just("bad"), "port": port_numbers,
                            "protocol": st.just("ICMP")}),
+    st.fixed_dictionaries({"name": st.just("bad"), "port": st.integers().filter(
+        lambda p: not 0 <= p < 65536)}),
 )
 
 
+def _damage_one_slice(
+    slices: list[dict[str, Any]], data: st.DataObject, key: str, bad: st.SearchStrategy[Any]
+) -> tuple[int, list[Parsed[EndpointSliceInfo]]]:
+    """Insert a ``bad`` entry into ``key`` of one copied slice; which one, and all parsed."""
+    target = data.draw(st.integers(min_value=0, max_value=len(slices) - 1))
+    damaged = copy.deepcopy(slices)
+    _insert(data, damaged[target][key], data.draw(bad))
+    return target, [parse_endpoint_slice(s) for s in damaged]
+
+
 @given(st.lists(valid_slices(), min_size=1, max_size=3), st.data())
-def test_a_malformed_part_of_a_slice_drops_only_that_part(
+def test_a_malformed_part_of_a_slice_rejects_only_that_slice(
     slices: list[dict[str, Any]], data: st.DataObject
 ) -> None:
     original = [parse_endpoint_slice(s).value for s in slices]
-    target = data.draw(st.integers(min_value=0, max_value=len(slices) - 1))
-    damaged = copy.deepcopy(slices)
-    slice_obj = damaged[target]
     if data.draw(st.booleans()):
-        _insert(data, slice_obj["endpoints"], data.draw(bad_endpoints))
+        target, parsed = _damage_one_slice(slices, data, "endpoints", bad_endpoints)
     else:
-        _insert(data, slice_obj["ports"], data.draw(bad_slice_ports))
-    parsed = [parse_endpoint_slice(s) for s in damaged]
+        target, parsed = _damage_one_slice(slices, data, "ports", bad_slice_ports)
+    assert parsed[target].value is None
+    assert [(r.whole_object) for r in parsed[target].rejections] == [True]
+    assert [p.value for i, p in enumerate(parsed) if i != target] == [
+        v for i, v in enumerate(original) if i != target
+    ]
+
+
+@given(st.lists(valid_slices(), min_size=1, max_size=3), st.data())
+def test_an_all_ports_entry_of_a_slice_drops_only_that_port(
+    slices: list[dict[str, Any]], data: st.DataObject
+) -> None:
+    original = [parse_endpoint_slice(s).value for s in slices]
+    _, parsed = _damage_one_slice(slices, data, "ports", ignored_slice_ports)
     assert [p.value for p in parsed] == original
     assert sum(len(p.rejections) for p in parsed) >= 1
     assert not any(r.whole_object for p in parsed for r in p.rejections)

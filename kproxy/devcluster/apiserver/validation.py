@@ -9,9 +9,18 @@ from __future__ import annotations
 import enum
 import ipaddress
 import json
-import re
 from dataclasses import dataclass
 from typing import Any, TypeGuard
+
+from kproxy.model.formats import (
+    DNS1035_LABEL,
+    DNS1123_LABEL,
+    DNS1123_SUBDOMAIN,
+    IANA_SVC_NAME_CHARS,
+    QUALIFIED_NAME_MAX_LENGTH,
+    QUALIFIED_NAME_PART,
+    is_label_value,
+)
 
 
 class ErrorType(enum.Enum):
@@ -86,10 +95,6 @@ def not_supported(field: str, value: Any, supported: list[str]) -> FieldError:
     return FieldError(ErrorType.NOT_SUPPORTED, field, value, f"supported values: {choices}")
 
 
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-_IANA_SVC_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
 
 def dns_label_problems(value: str) -> list[str]:
@@ -97,7 +102,7 @@ def dns_label_problems(value: str) -> list[str]:
     problems = []
     if len(value) > 63:
         problems.append("must be no more than 63 characters")
-    if not _DNS_LABEL.match(value):
+    if not DNS1123_LABEL.fullmatch(value):
         problems.append(
             "a lowercase RFC 1123 label must consist of lower case alphanumeric characters "
             "or '-', and must start and end with an alphanumeric character"
@@ -110,7 +115,7 @@ def dns_1035_label_problems(value: str) -> list[str]:
     problems = []
     if len(value) > 63:
         problems.append("must be no more than 63 characters")
-    if not _DNS_1035_LABEL.match(value):
+    if not DNS1035_LABEL.fullmatch(value):
         problems.append(
             "a DNS-1035 label must consist of lower case alphanumeric characters or '-', "
             "start with an alphabetic character, and end with an alphanumeric character"
@@ -123,7 +128,7 @@ def dns_subdomain_problems(value: str) -> list[str]:
     problems = []
     if len(value) > 253:
         problems.append("must be no more than 253 characters")
-    if not value or any(not _DNS_LABEL.match(part) for part in value.split(".")):
+    if not DNS1123_SUBDOMAIN.fullmatch(value):
         problems.append(
             "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
             "characters, '-' or '.', and must start and end with an alphanumeric character"
@@ -142,7 +147,7 @@ def label_key_problems(key: str) -> list[str]:
             problems.extend("prefix part " + p for p in dns_subdomain_problems(prefix))
     if not name:
         problems.append("name part must be non-empty")
-    elif len(name) > 63 or not _LABEL_NAME.match(name):
+    elif len(name) > QUALIFIED_NAME_MAX_LENGTH or not QUALIFIED_NAME_PART.fullmatch(name):
         problems.append(
             "name part must consist of alphanumeric characters, '-', '_' or '.', and must "
             "start and end with an alphanumeric character (at most 63 characters)"
@@ -151,9 +156,7 @@ def label_key_problems(key: str) -> list[str]:
 
 
 def label_value_problems(value: str) -> list[str]:
-    if value == "":
-        return []
-    if len(value) > 63 or not _LABEL_NAME.match(value):
+    if not is_label_value(value):
         return [
             "a valid label must be an empty string or consist of alphanumeric characters, "
             "'-', '_' or '.', and must start and end with an alphanumeric character "
@@ -167,7 +170,11 @@ def iana_service_name_problems(value: str) -> list[str]:
     problems = []
     if len(value) > 15:
         problems.append("must be no more than 15 characters")
-    if not _IANA_SVC_NAME.match(value):
+    if (
+        not IANA_SVC_NAME_CHARS.fullmatch(value)
+        or value.startswith("-")
+        or value.endswith("-")
+    ):
         problems.append("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)")
     if "--" in value:
         problems.append("must not contain consecutive hyphens")
