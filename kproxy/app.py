@@ -12,18 +12,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from kproxy.clock import Clock, SystemClock
 from kproxy.config import ProxyConfig, ProxyMode
 from kproxy.conntrack import ConntrackCleaner
-from kproxy.gctuning import configure_gc, freeze_long_lived
+from kproxy.filesource import feed_objects
+from kproxy.gctuning import collector_paused, configure_gc, freeze_long_lived
 from kproxy.healthcheck import ServiceHealthServer
 from kproxy.healthz import HealthServer, ProxierHealth
 from kproxy.httpserve import ListeningApp
 from kproxy.iptables.backend import Backend, BackendError, open_backend
-from kproxy.kube.transport import KubeTransport
 from kproxy.metrics import MetricsServer, ProxyMetrics
 from kproxy.objectfile import ClusterObjects, ObjectFileError, load_object_file
 from kproxy.proxier import Proxier, SnapshotLogger
 from kproxy.rejections import RejectionLog
 from kproxy.runner import SyncRunner
-from kproxy.sources import ApiSource, feed_objects
 from kproxy.state import StateTracker
 
 log = logging.getLogger(__name__)
@@ -157,7 +156,7 @@ class ProxyService:
         if result.ok:
             self.health.updated()
             self.tracker.sync_succeeded(snapshot)
-            if not self._frozen_after_first_sync:
+            if not self._frozen_after_first_sync and not self.config.once:
                 self._frozen_after_first_sync = True
                 freeze_long_lived()
         else:
@@ -167,6 +166,11 @@ class ProxyService:
 
 async def run_proxy(config: ProxyConfig) -> int:
     configure_gc()
+    with collector_paused() if config.once else contextlib.nullcontext():
+        return await _run_proxy(config)
+
+
+async def _run_proxy(config: ProxyConfig) -> int:
     clock = SystemClock()
     objects: ClusterObjects | None = None
     if config.from_file:
@@ -247,6 +251,10 @@ async def _run_from_objects(service: ProxyService, objects: ClusterObjects) -> i
 
 
 async def _run_from_api(service: ProxyService) -> int:
+    # Here, not at the top: a run from a file needs no Kubernetes client library.
+    from kproxy.kube.transport import KubeTransport
+    from kproxy.sources import ApiSource
+
     config = service.config
     try:
         transport = await KubeTransport.connect(config.kubeconfig, config.master)

@@ -9,7 +9,9 @@ the first sync out of the collector's view, remove that cost without disabling i
 
 from __future__ import annotations
 
+import contextlib
 import gc
+from collections.abc import Iterator
 
 YOUNG_THRESHOLD = 50_000
 MIDDLE_THRESHOLD = 20
@@ -18,6 +20,21 @@ OLD_THRESHOLD = 100
 
 def configure_gc() -> None:
     gc.set_threshold(YOUNG_THRESHOLD, MIDDLE_THRESHOLD, OLD_THRESHOLD)
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic collection inside: for one-shot work (``run --once``, ``kproxy rules``) that
+    builds its state once, uses it and ends. The collector would only traverse that state
+    (a third of the planner's time at 10,000 services, even with the thresholds above);
+    its memory is freed by reference counting. The collector's former state is restored."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def freeze_long_lived() -> None:
