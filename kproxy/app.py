@@ -172,15 +172,14 @@ async def run_proxy(config: ProxyConfig) -> int:
 
 async def _run_proxy(config: ProxyConfig) -> int:
     clock = SystemClock()
-    objects: ClusterObjects | None = None
+    service = ProxyService(config, SnapshotLogger(), clock)
     if config.from_file:
         # A bad file fails before anything touches the kernel.
         try:
-            objects = load_object_file(config.from_file)
+            _feed_file(service, load_object_file(config.from_file))
         except ObjectFileError as error:
             log.error("%s", error)
             return 1
-    service = ProxyService(config, SnapshotLogger(), clock)
     try:
         service.proxier = make_proxier(config, clock, service.runner.request,
                                         proxy_healthy=service.health.is_healthy)
@@ -191,8 +190,8 @@ async def _run_proxy(config: ProxyConfig) -> int:
     servers = () if config.once else _servers(service)
     serving = [asyncio.create_task(_serve(server)) for server in servers]
     try:
-        if objects is not None:
-            return await _run_from_objects(service, objects)
+        if config.from_file:
+            return await _run_from_file(service)
         return await _run_from_api(service)
     finally:
         # The source and the runner have stopped: the mode releases what it holds
@@ -233,7 +232,9 @@ async def _serve(server: ListeningApp) -> None:
         return
 
 
-async def _run_from_objects(service: ProxyService, objects: ClusterObjects) -> int:
+def _feed_file(service: ProxyService, objects: ClusterObjects) -> None:
+    """The file's objects into the tracker; the raw documents (several times the file's size
+    in memory) are not kept past this."""
     config = service.config
     feed_objects(
         objects,
@@ -242,6 +243,10 @@ async def _run_from_objects(service: ProxyService, objects: ClusterObjects) -> i
         node_name=config.hostname,
         proxy_name=config.service_proxy_name,
     )
+
+
+async def _run_from_file(service: ProxyService) -> int:
+    config = service.config
     ok = await service._sync()
     if config.once:
         return 0 if ok else 1
