@@ -77,13 +77,13 @@ def inner_read(spec: Mapping[str, Any]) -> dict[str, Any]:
     """The bare parser, then kproxy's read + parse, then the model, as `kproxy rules` runs
     them (the cyclic collector paused)."""
     from kproxy.filesource import feed_objects
-    from kproxy.gctuning import collector_paused
+    from kproxy.gctuning import one_shot_collector
     from kproxy.objectfile import load_object_file
     from kproxy.rejections import RejectionLog
     from kproxy.state import StateTracker
 
     path = spec["path"]
-    with collector_paused():
+    with one_shot_collector():
         started = time.perf_counter()
         data = Path(path).read_bytes()
         if spec["format"] == "json":
@@ -112,7 +112,7 @@ def inner_plan(spec: Mapping[str, Any]) -> dict[str, Any]:
     """A fresh planner's full plan of the file's state (IPv4) and the joined payload."""
     from kproxy.config.record import ProxyConfig
     from kproxy.filesource import feed_objects
-    from kproxy.gctuning import collector_paused
+    from kproxy.gctuning import one_shot_collector
     from kproxy.iptables.context import plan_context
     from kproxy.iptables.planner import IncrementalPlanner
     from kproxy.iptables.restore import join_payloads, render_full
@@ -121,7 +121,7 @@ def inner_plan(spec: Mapping[str, Any]) -> dict[str, Any]:
     from kproxy.rejections import RejectionLog
     from kproxy.state import StateTracker
 
-    with collector_paused():
+    with one_shot_collector():
         tracker = StateTracker()
         feed_objects(load_object_file(spec["path"]), tracker, RejectionLog(),
                      node_name=NODE_NAME, proxy_name="")

@@ -13,7 +13,7 @@ from kproxy.clock import Clock, SystemClock
 from kproxy.config import ProxyConfig, ProxyMode
 from kproxy.conntrack import ConntrackCleaner
 from kproxy.filesource import feed_objects
-from kproxy.gctuning import collector_paused, configure_gc, freeze_long_lived
+from kproxy.gctuning import configure_gc, freeze_long_lived, one_shot_collector
 from kproxy.healthcheck import ServiceHealthServer
 from kproxy.healthz import HealthServer, ProxierHealth
 from kproxy.httpserve import ListeningApp
@@ -166,7 +166,7 @@ class ProxyService:
 
 async def run_proxy(config: ProxyConfig) -> int:
     configure_gc()
-    with collector_paused() if config.once else contextlib.nullcontext():
+    with one_shot_collector() if config.once else contextlib.nullcontext():
         return await _run_proxy(config)
 
 
