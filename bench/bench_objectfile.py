@@ -251,7 +251,7 @@ def seconds(values: Sequence[float]) -> str:
 
 
 def row(label: str, measured: str, ratio: str = "", target: str = "") -> None:
-    print(f"  {label:<62} {measured:>9} {ratio:>8}   {target}")
+    print(f"  {label:<68} {measured:>9} {ratio:>8}   {target}")
 
 
 def verdict(ok: bool) -> str:
@@ -293,7 +293,7 @@ def main() -> None:
         sizes = ", ".join(f"{name} {path.stat().st_size / 1e6:.1f} MB"
                           for name, path in paths.items())
         print(f"  files: {sizes}\n")
-        print(f"  {'':<62} {'median':>9} {'ratio':>8}   target")
+        print(f"  {'':<68} {'median':>9} {'ratio':>8}   target")
         if "read" in parts:
             for name, path in paths.items():
                 reads = [run_inner("read", {"path": str(path), "format": name})
@@ -305,8 +305,8 @@ def main() -> None:
                     "1.00")
                 row(f"{name}: kproxy read + parse (objectfile)", seconds(read),
                     f"{statistics.median(read) / statistics.median(bare):.2f}")
-                row(f"{name}: model, parse + validate into the tracker "
-                    f"({reads[0]['endpoints']:,} endpoints)",
+                row(f"{name}: model: parse + validate into the tracker, "
+                    f"{reads[0]['endpoints']:,} endpoints",
                     seconds([r["model"] for r in reads]))
                 row(f"{name}: read + parse + model",
                     seconds([r["read"] + r["model"] for r in reads]))
