@@ -102,7 +102,7 @@ def yaml_loader() -> type[yaml.SafeLoader] | type[yaml.CSafeLoader]:
     if not _warned_pure_loader:
         _warned_pure_loader = True
         log.warning("--from-file: PyYAML has no libyaml (yaml.CSafeLoader); reading YAML with "
-                    "its pure-Python loader, about 50 times slower (JSON is not affected)")
+                    "its pure-Python loader, about 15 times slower (JSON is not affected)")
     return yaml.SafeLoader
 
 
