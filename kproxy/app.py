@@ -12,18 +12,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from kproxy.clock import Clock, SystemClock
 from kproxy.config import ProxyConfig, ProxyMode
 from kproxy.conntrack import ConntrackCleaner
-from kproxy.gctuning import configure_gc, freeze_long_lived
+from kproxy.filesource import feed_objects
+from kproxy.gctuning import configure_gc, freeze_long_lived, one_shot_collector
 from kproxy.healthcheck import ServiceHealthServer
 from kproxy.healthz import HealthServer, ProxierHealth
 from kproxy.httpserve import ListeningApp
 from kproxy.iptables.backend import Backend, BackendError, open_backend
-from kproxy.kube.transport import KubeTransport
 from kproxy.metrics import MetricsServer, ProxyMetrics
 from kproxy.objectfile import ClusterObjects, ObjectFileError, load_object_file
 from kproxy.proxier import Proxier, SnapshotLogger
 from kproxy.rejections import RejectionLog
 from kproxy.runner import SyncRunner
-from kproxy.sources import ApiSource, feed_objects
 from kproxy.state import StateTracker
 
 log = logging.getLogger(__name__)
@@ -157,7 +156,7 @@ class ProxyService:
         if result.ok:
             self.health.updated()
             self.tracker.sync_succeeded(snapshot)
-            if not self._frozen_after_first_sync:
+            if not self._frozen_after_first_sync and not self.config.once:
                 self._frozen_after_first_sync = True
                 freeze_long_lived()
         else:
@@ -167,16 +166,20 @@ class ProxyService:
 
 async def run_proxy(config: ProxyConfig) -> int:
     configure_gc()
+    with one_shot_collector() if config.once else contextlib.nullcontext():
+        return await _run_proxy(config)
+
+
+async def _run_proxy(config: ProxyConfig) -> int:
     clock = SystemClock()
-    objects: ClusterObjects | None = None
+    service = ProxyService(config, SnapshotLogger(), clock)
     if config.from_file:
         # A bad file fails before anything touches the kernel.
         try:
-            objects = load_object_file(config.from_file)
+            _feed_file(service, load_object_file(config.from_file))
         except ObjectFileError as error:
             log.error("%s", error)
             return 1
-    service = ProxyService(config, SnapshotLogger(), clock)
     try:
         service.proxier = make_proxier(config, clock, service.runner.request,
                                         proxy_healthy=service.health.is_healthy)
@@ -187,8 +190,8 @@ async def run_proxy(config: ProxyConfig) -> int:
     servers = () if config.once else _servers(service)
     serving = [asyncio.create_task(_serve(server)) for server in servers]
     try:
-        if objects is not None:
-            return await _run_from_objects(service, objects)
+        if config.from_file:
+            return await _run_from_file(service)
         return await _run_from_api(service)
     finally:
         # The source and the runner have stopped: the mode releases what it holds
@@ -229,7 +232,9 @@ async def _serve(server: ListeningApp) -> None:
         return
 
 
-async def _run_from_objects(service: ProxyService, objects: ClusterObjects) -> int:
+def _feed_file(service: ProxyService, objects: ClusterObjects) -> None:
+    """The file's objects into the tracker; the raw documents (several times the file's size
+    in memory) are not kept past this."""
     config = service.config
     feed_objects(
         objects,
@@ -238,6 +243,10 @@ async def _run_from_objects(service: ProxyService, objects: ClusterObjects) -> i
         node_name=config.hostname,
         proxy_name=config.service_proxy_name,
     )
+
+
+async def _run_from_file(service: ProxyService) -> int:
+    config = service.config
     ok = await service._sync()
     if config.once:
         return 0 if ok else 1
@@ -247,6 +256,10 @@ async def _run_from_objects(service: ProxyService, objects: ClusterObjects) -> i
 
 
 async def _run_from_api(service: ProxyService) -> int:
+    # Here, not at the top: a run from a file needs no Kubernetes client library.
+    from kproxy.kube.transport import KubeTransport
+    from kproxy.sources import ApiSource
+
     config = service.config
     try:
         transport = await KubeTransport.connect(config.kubeconfig, config.master)

@@ -137,11 +137,13 @@ def rules_command(args: argparse.Namespace) -> int:
         return USAGE_ERROR
     if not config.from_file:
         return _fail("kproxy rules: --from-file FILE is required")
+    from kproxy.gctuning import one_shot_collector
     from kproxy.iptables.rulescmd import print_rules
     from kproxy.objectfile import ObjectFileError
 
     try:
-        print_rules(config, sys.stdout)
+        with one_shot_collector():
+            print_rules(config, sys.stdout)
     except ObjectFileError as error:
         print(f"kproxy rules: {error}", file=sys.stderr)
         return 1

@@ -1,7 +1,8 @@
-"""Read Services, EndpointSlices and Nodes from a YAML or JSON file (``--from-file``).
+"""Read Services, EndpointSlices and Nodes from a JSON or YAML file (``--from-file``).
 
-The file is multi-document YAML, or one document that is a ``v1`` ``List`` (as
-``kubectl get -o yaml`` prints), or a mix. Objects of other kinds are skipped with a log line.
+The file is a JSON or YAML stream of documents (kproxy.objectdecode says which and how), each
+an object or a ``v1`` ``List`` of objects (as ``kubectl get -o json|yaml`` prints), or a mix.
+Objects of other kinds are skipped with a log line.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
+from kproxy.objectdecode import DecodeError, decode_documents
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +37,29 @@ class ClusterObjects:
 
 def load_object_file(path: str) -> ClusterObjects:
     try:
-        size = os.path.getsize(path)
-        if size > MAX_FILE_BYTES:
-            raise ObjectFileError(f"{path}: {size} bytes is over the {MAX_FILE_BYTES}-byte limit")
-        with open(path, encoding="utf-8") as stream:
-            text = stream.read()
+        documents = decode_documents(read_limited(path))
+    except UnicodeDecodeError as error:
+        raise ObjectFileError(f"{path}: not UTF-8 text ({error.reason} at byte "
+                              f"{error.start})") from error
+    except DecodeError as error:
+        raise ObjectFileError(f"{path}: {error}") from error
+    return sort_objects(documents)
+
+
+def read_limited(path: str) -> bytes:
+    """The file's bytes, refused past MAX_FILE_BYTES (also for a pipe or a growing file)."""
+    try:
+        with open(path, "rb") as stream:
+            size = os.fstat(stream.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise ObjectFileError(f"{path}: {size} bytes is over the {MAX_FILE_BYTES}-byte "
+                                      "limit")
+            data = stream.read(MAX_FILE_BYTES + 1)
     except OSError as error:
         raise ObjectFileError(f"{path}: {error.strerror or error}") from error
-    except UnicodeDecodeError as error:
-        raise ObjectFileError(f"{path}: not UTF-8 text ({error.reason})") from error
-    try:
-        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
-    except yaml.YAMLError as error:
-        raise ObjectFileError(f"{path}: not valid YAML: {error}") from error
-    return sort_objects(documents)
+    if len(data) > MAX_FILE_BYTES:
+        raise ObjectFileError(f"{path}: over the {MAX_FILE_BYTES}-byte limit")
+    return data
 
 
 def sort_objects(documents: list[Any]) -> ClusterObjects:

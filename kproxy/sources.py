@@ -1,4 +1,4 @@
-"""Where the tracker's objects come from: the API server (informers) or a file."""
+"""The API server's objects into the tracker, through informers (a file's: kproxy.filesource)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from kproxy.feed import EndpointSliceFeed, NodeFeed, ServiceFeed
 from kproxy.kube.informer import Informer, ResourceSpec
 from kproxy.kube.transport import KubeTransport
 from kproxy.model.labels import label_selector
-from kproxy.objectfile import ClusterObjects
 from kproxy.rejections import RejectionLog
 from kproxy.state import StateTracker
 
@@ -60,25 +59,3 @@ class ApiSource:
             for informer in self.informers:
                 group.create_task(informer.run())
 
-
-def feed_objects(
-    objects: ClusterObjects,
-    tracker: StateTracker,
-    rejections: RejectionLog,
-    *,
-    node_name: str,
-    proxy_name: str,
-) -> None:
-    """Apply a file's objects as one complete list of each resource."""
-    service_feed = ServiceFeed(tracker, rejections, proxy_name)
-    slice_feed = EndpointSliceFeed(tracker, rejections, proxy_name)
-    node_feed = NodeFeed(tracker, rejections, node_name)
-    for service in objects.services:
-        service_feed.on_upsert(service)
-    for endpoint_slice in objects.endpoint_slices:
-        slice_feed.on_upsert(endpoint_slice)
-    for node in objects.nodes:
-        node_feed.on_upsert(node)
-    service_feed.on_listed()
-    slice_feed.on_listed()
-    node_feed.on_listed()

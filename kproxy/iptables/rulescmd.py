@@ -11,13 +11,13 @@ from __future__ import annotations
 from typing import TextIO
 
 from kproxy.config import ProxyConfig
+from kproxy.filesource import feed_objects
 from kproxy.iptables.context import plan_context
 from kproxy.iptables.planner import IncrementalPlanner
 from kproxy.iptables.restore import join_payloads, render_full
 from kproxy.model.types import IPFamily
 from kproxy.objectfile import load_object_file
 from kproxy.rejections import RejectionLog
-from kproxy.sources import feed_objects
 from kproxy.state import StateTracker
 
 TOOLS = {IPFamily.IPV4: "iptables", IPFamily.IPV6: "ip6tables"}
