@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from profiles import fuzz_seconds  # noqa: E402
+from profiles import fuzz_seconds
 
 _SHARE = pytest.StashKey[float]()
 

@@ -196,8 +196,8 @@ bad_ips = st.sampled_from([
     "10.0.0.256", "not-an-ip", "10.0.0.1/24", "1.2.3", "::g", "10.0.0.1\x00", "", " ",
     "fe80::1%eth0", "1.2.3.4.5", "\u0661.2.3.4",
 ])
-bad_cidrs = st.sampled_from(["10.0.0.0/33", "abc", "10.0.0.0/", "/8", "fd00::/129", "10.0.0.0\x00/8",
-                             "10.0.0.1-10.0.0.9"])
+bad_cidrs = st.sampled_from(["10.0.0.0/33", "abc", "10.0.0.0/", "/8", "fd00::/129",
+                             "10.0.0.0\x00/8", "10.0.0.1-10.0.0.9"])
 bad_port_numbers = st.one_of(
     st.sampled_from([0, -1, 65536, 2**31, 2**63, 10**30]),
     port_numbers.map(str),  # numbers as strings
@@ -236,8 +236,9 @@ def _service_mutation(draw: st.DrawFn, service: dict[str, Any]) -> Any:
         bad_port_numbers.map(lambda v: _set([*port, "port"], v)),
         bad_protocols.map(lambda v: _set([*port, "protocol"], v)),
         bad_ips.map(lambda v: _set(["spec", "clusterIPs", 0], v)),
-        st.sampled_from([["spec"], ["spec", "ports"], ["metadata"], ["spec", "clusterIPs"]]).flatmap(
-            lambda path: st.sampled_from(["x", 1, True]).map(lambda v: _set(path, v))),
+        st.sampled_from([["spec"], ["spec", "ports"], ["metadata"], ["spec", "clusterIPs"]]
+                        ).flatmap(lambda path: st.sampled_from(["x", 1, True]).map(
+                            lambda v: _set(path, v))),
         bad_ips.map(lambda v: _set(["spec", "externalIPs"], [v])),
     ]
     if "nodePort" in spec["ports"][index]:
@@ -353,7 +354,8 @@ def json_values(max_text: int = 3000, max_list: int = 2000) -> st.SearchStrategy
         max_leaves=30,
     )
     deep = st.integers(min_value=10, max_value=80).map(_nested_list)
-    huge_list = st.integers(min_value=min(100, max_list), max_value=max_list).map(lambda n: list(range(n)))
+    huge_list = st.integers(min_value=min(100, max_list), max_value=max_list).map(
+        lambda n: list(range(n)))
     return st.one_of(nested, deep, huge_list)
 
 
