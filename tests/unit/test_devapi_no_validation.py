@@ -30,6 +30,8 @@ JUNK: list[dict[str, Any]] = [
      "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "10.0.0.0/8", "port": 70000}]},
      "addressType": 4, "endpoints": [{"addresses": ["10.0.0.256"]}] * 1500},
     {"metadata": {"name": "x" * 300}, "spec": {"ports": [{"port": 80}] * 3000}},
+    # Unknown fields are named in Warning headers: a line break there must not break them.
+    {"metadata": {"name": "junk-5"}, "spec": {}, "bad\r\nkey\x00": 1, "addressType": "x"},
 ]
 
 
