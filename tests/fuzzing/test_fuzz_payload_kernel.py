@@ -50,7 +50,7 @@ def load(namespace: NetNamespace, family: IPFamily, payload: str) -> list[str]:
     return problems
 
 
-@profile(ci_examples=25)
+@profile(ci_examples=200)
 @given(st.data())
 def test_fuzzed_payloads_load_with_both_restore_variants(namespace: NetNamespace,
                                                          data: st.DataObject) -> None:

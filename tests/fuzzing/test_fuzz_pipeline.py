@@ -61,7 +61,7 @@ def rendered(texts: list[str]) -> tuple[dict[Any, str], dict[Any, str]]:
     return iptables_payloads(fed), userspace_payloads(fed)
 
 
-@profile(ci_examples=60)
+@profile(ci_examples=400)
 @given(st.data())
 def test_garbage_beside_valid_objects_changes_no_payload(data: st.DataObject) -> None:
     cluster = data.draw(valid_clusters())
@@ -71,7 +71,7 @@ def test_garbage_beside_valid_objects_changes_no_payload(data: st.DataObject) ->
     assert rendered(stream) == rendered(valid)
 
 
-@profile(ci_examples=40)
+@profile(ci_examples=250)
 @given(st.data())
 def test_an_invalid_update_keeps_the_valid_version_in_force(data: st.DataObject) -> None:
     cluster = data.draw(valid_clusters())
@@ -85,7 +85,7 @@ def test_an_invalid_update_keeps_the_valid_version_in_force(data: st.DataObject)
     assert rendered(stream) == rendered(valid)
 
 
-@profile(ci_examples=40)
+@profile(ci_examples=300)
 @given(st.lists(json_values(), max_size=4), st.lists(json_values(), max_size=4))
 def test_arbitrary_json_as_any_kind_never_raises(services: list[Any], slices: list[Any]
                                                  ) -> None:
