@@ -4,7 +4,7 @@ open-ended one for ``make fuzz``.
 ``fuzz-ci`` (the default): a fixed number of examples per test, derandomized (every run tests
 the same examples) and without an example database, so CI results do not depend on earlier
 runs. ``fuzz`` (``KPROXY_FUZZ_SECONDS`` set, as ``make fuzz FUZZ_SECONDS=N`` does): fresh
-random examples in batches, failures kept in ``.hypothesis/`` and replayed first; the fuzzing
+random examples in batches of 50 (a test overruns its time by one batch at most), failures kept in ``.hypothesis/`` and replayed first; the fuzzing
 conftest repeats each test's batches until its share of the time is used up.
 """
 
@@ -21,7 +21,7 @@ _SLOW_IS_FINE = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.f
 settings.register_profile("fuzz-ci", max_examples=100, derandomize=True, database=None,
                           deadline=None, suppress_health_check=_SLOW_IS_FINE,
                           print_blob=True)
-settings.register_profile("fuzz", max_examples=200, derandomize=False, deadline=None,
+settings.register_profile("fuzz", max_examples=50, derandomize=False, deadline=None,
                           suppress_health_check=_SLOW_IS_FINE, print_blob=True)
 
 
