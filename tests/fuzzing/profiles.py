@@ -4,8 +4,9 @@ open-ended one for ``make fuzz``.
 ``fuzz-ci`` (the default): a fixed number of examples per test, derandomized (every run tests
 the same examples) and without an example database, so CI results do not depend on earlier
 runs. ``fuzz`` (``KPROXY_FUZZ_SECONDS`` set, as ``make fuzz FUZZ_SECONDS=N`` does): fresh
-random examples in batches of 50 (a test overruns its time by one batch at most), failures kept in ``.hypothesis/`` and replayed first; the fuzzing
-conftest repeats each test's batches until its share of the time is used up.
+random examples in batches of 50 (a test overruns its time by one batch at most), failures
+kept in ``.hypothesis/`` and replayed first; the fuzzing conftest repeats each test's
+batches until its share of the time is used up.
 """
 
 from __future__ import annotations
