@@ -1,8 +1,9 @@
 """Malformed objects through the live path: the dev API server stores them unvalidated
 (``--no-validation``), kproxy's informers receive them, and a valid Service keeps answering.
 
-kproxy runs in iptables mode on node1 of a lab; a client pod sends requests to one valid
-Service throughout, while a few thousand malformed Services and EndpointSlices
+kproxy runs on node1 of a lab, in iptables mode and then in userspace mode; a client pod
+sends requests to one valid Service throughout, while a few thousand malformed Services and
+EndpointSlices
 (:mod:`kproxy.devcluster.malformed`) are written through the API. Every request must be
 answered by the Service's endpoint, kproxy must still run, its rejection metric must have
 counted the objects, and the valid Service's rules must be unchanged afterwards.
@@ -25,9 +26,9 @@ from test_iptables_dynamic import (
     Api,
     Prober,
     endpoint_slice,
-    kproxy_args,
     service,
 )
+from test_userspace_dynamic import kproxy_args
 
 from kproxy.devcluster.cluster import DevApiProcess, node_object, node_status
 from kproxy.devcluster.lab import Lab
@@ -72,10 +73,11 @@ def rejected_total(lab: Lab) -> float:
                and "_created" not in line.split("{")[0])
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Api, DevApiProcess,
-                                                                     KproxyOnNode]]:
-    workdir: Path = tmp_path_factory.mktemp("malformed-live")
+@pytest.fixture(scope="module", params=["iptables", "userspace"])
+def live(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+         ) -> Iterator[tuple[Lab, Api, DevApiProcess, KproxyOnNode]]:
+    mode: str = request.param
+    workdir: Path = tmp_path_factory.mktemp(f"malformed-live-{mode}")
     with Lab(nodes=1, outside=False, control_plane=True) as lab:
         assert lab.control_plane is not None
         devapi = DevApiProcess(lab.control_plane, workdir, validate=False)
@@ -87,7 +89,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, Api, D
         api.apply(node_object(node))
         api.patch_status("Node", node.name, node_status(node))
         lab.start_servers([lab.pod("web-1")], tcp=(WEB_PORT,), udp=(WEB_PORT,))
-        kproxy = KproxyOnNode(node, [*kproxy_args(devapi, node, "nft"),
+        kproxy = KproxyOnNode(node, [*kproxy_args(devapi, node, mode),
                                      f"--metrics-bind-address={METRICS}"],
                               workdir / "kproxy-node1.log")
         try:
