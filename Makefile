@@ -7,7 +7,7 @@ SYSTEM_TOOLS := iptables iptables-restore conntrack ip nft
 # What bench/bench_userspace.py compares kproxy's relay with and loads it with (not needed by tests).
 BENCH_TOOLS := haproxy iperf3 wrk socat
 
-.PHONY: test demo lint bench system-deps bench-deps venv clean image kind-up kind-load deploy kind-smoke
+.PHONY: test fuzz demo lint bench system-deps bench-deps venv clean image kind-up kind-load deploy kind-smoke
 
 # --- running in a cluster (needs Docker, kind and kubectl; not used by the tests) ----------
 IMAGE ?= kproxy:0.1.0
@@ -49,6 +49,15 @@ venv: $(STAMP)
 test: system-deps $(STAMP)
 	KPROXY_REQUIRE_KERNEL_TESTS=$${KPROXY_REQUIRE_KERNEL_TESTS:-$$( [ "$$(id -u)" = 0 ] && echo 1 || echo 0 )} \
 	  $(PY) -m pytest -q -n 2 --dist loadgroup tests
+
+# The fuzz tests (tests/fuzzing) for FUZZ_SECONDS in all: each test runs batch after batch
+# of fresh hypothesis examples until its share of the time is up, or stops at the first
+# failure (kept in .hypothesis/ and replayed first next time). make test runs them bounded.
+FUZZ_SECONDS ?= 600
+fuzz: system-deps $(STAMP)
+	KPROXY_FUZZ_SECONDS=$(FUZZ_SECONDS) \
+	KPROXY_REQUIRE_KERNEL_TESTS=$${KPROXY_REQUIRE_KERNEL_TESTS:-$$( [ "$$(id -u)" = 0 ] && echo 1 || echo 0 )} \
+	  $(PY) -m pytest -q -x -s tests/fuzzing
 
 demo: system-deps $(STAMP)
 	$(VENV)/bin/kproxy demo

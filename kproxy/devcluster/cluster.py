@@ -39,8 +39,9 @@ class DevApiProcess:
     """
 
     def __init__(self, host: LabHost, workdir: Path, *, bookmark_interval: float = 1.0,
-                 rbac: Path | None = None) -> None:
+                 rbac: Path | None = None, validate: bool = True) -> None:
         self.host = host
+        self.validate = validate  # False: ``--no-validation``
         # With RBAC files, TCP clients (the nodes' kproxy) are kproxy's ServiceAccount, held to
         # those roles; the Unix socket (the driver) stays the admin's. The token is kept
         # across restarts, as a ServiceAccount's is: the nodes' kubeconfig stays valid.
@@ -67,6 +68,7 @@ class DevApiProcess:
             "--bookmark-interval", str(self.bookmark_interval),
             *(("--rbac", str(self.rbac), "--token", self._token)
               if self.rbac is not None else ()),
+            *(() if self.validate else ("--no-validation",)),
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + START_LIMIT

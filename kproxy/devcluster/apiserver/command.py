@@ -112,6 +112,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --rbac: that user's bearer token (default: a random one)",
     )
     parser.add_argument(
+        "--no-validation",
+        dest="validate",
+        action="store_false",
+        help="store Services, EndpointSlices and Nodes that validation refuses exactly as sent "
+        "(as a buggy or hostile admission chain could); only a name is still required",
+    )
+    parser.add_argument(
         "--bookmark-interval",
         type=positive_seconds,
         default=60.0,
@@ -141,6 +148,7 @@ async def serve(args: argparse.Namespace) -> int:
         service_cidrs=args.service_cidr,
         state_file=args.state_file,
         access=access,
+        validate=args.validate,
     )
     host, port = args.listen
     await server.start(host, port, unix_path=args.listen_unix)

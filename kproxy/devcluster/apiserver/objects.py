@@ -50,8 +50,16 @@ class StoredObject:
 
     @property
     def labels(self) -> dict[str, str]:
-        labels: dict[str, str] = self.metadata.get("labels") or {}
-        return labels
+        labels = self.metadata.get("labels")
+        if type(labels) is dict and all(
+            type(key) is str and type(value) is str for key, value in labels.items()
+        ):
+            checked: dict[str, str] = labels
+            return checked
+        if not isinstance(labels, dict):
+            return {}
+        # Stored without validation: only the string labels can be selected on.
+        return {k: v for k, v in labels.items() if type(k) is str and type(v) is str}
 
     def mutable_copy(self) -> JsonObject:
         """A deep copy to build the next version from (one object per write, never a list)."""

@@ -78,8 +78,16 @@ def check_fields(request: web.Request, rules: KindRules, body: Any) -> list[str]
 
 def with_warnings(response: web.Response, warnings: list[str]) -> web.Response:
     for warning in warnings:
-        response.headers.add("Warning", '299 - "' + warning.replace('"', '\\"') + '"')
+        text = "".join(_header_safe(char) for char in warning.replace('"', '\\"'))
+        response.headers.add("Warning", '299 - "' + text + '"')
     return response
+
+
+def _header_safe(char: str) -> str:
+    """A character as a header may carry it: control characters (in field names of objects
+    stored unvalidated) escaped, never a line break."""
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x20 or code == 0x7F else char
 
 
 def list_options_error(field: str, value: Any, detail: str) -> ApiError:

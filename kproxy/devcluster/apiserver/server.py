@@ -57,8 +57,10 @@ class DevApiServer:
         state_save_interval: float = DEFAULT_STATE_SAVE_INTERVAL,
         clock: Clock | None = None,
         access: AccessControl | None = None,
+        validate: bool = True,
     ) -> None:
-        """``access``: enforce authentication and RBAC (see
+        """``validate=False``: store what validation refuses as it was sent (see
+        :meth:`Store._store_unvalidated`). ``access``: enforce authentication and RBAC (see
         :mod:`kproxy.devcluster.apiserver.access`); None serves everyone.
         ``history_size`` sizes a new store's history (default
         ``DEFAULT_HISTORY_SIZE``), or resizes a given store's; ``service_cidrs`` only
@@ -71,6 +73,7 @@ class DevApiServer:
                 service_cidrs=service_cidrs,
                 history_size=history_size or DEFAULT_HISTORY_SIZE,
                 clock=self._clock,
+                validate=validate,
             )
         elif history_size is not None:
             store.resize_history(history_size)

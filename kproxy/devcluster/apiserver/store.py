@@ -88,7 +88,14 @@ class Store:
         history_size: int = DEFAULT_HISTORY_SIZE,
         clock: Clock | None = None,
         seed: int | None = None,
+        validate: bool = True,
     ) -> None:
+        """``validate=False`` stores objects the kind's rules refuse as they were sent (see
+        :meth:`_store_unvalidated`), as a buggy or hostile admission chain could; objects
+        the rules accept are defaulted and allocated as always."""
+        self.validate = validate
+        # Objects stored without validation: they hold no addresses or ports.
+        self._unvalidated: set[tuple[str, ObjectKey]] = set()
         self._clock: Clock = clock or SystemClock()
         self._random = random.Random(seed)
         self.network = _service_network(service_cidrs, node_port_range, self._random)
@@ -242,6 +249,8 @@ class Store:
         dry_run: bool = False,
     ) -> StoredObject:
         """Store a new object. The store takes ownership of ``body`` (and may change it)."""
+        if not self.validate and not dry_run:
+            return self._store_unvalidated(resource, body, namespace, None)
         rules = self._rules[resource.plural]
         metadata = check_identity(resource, body)
         drop_unknown(body, rules.known_fields)
@@ -293,6 +302,8 @@ class Store:
     ) -> StoredObject:
         """Replace an object (PUT). A non-empty metadata.resourceVersion that is not the
         current one is a 409 Conflict; status is only changed by ``status_only`` updates."""
+        if not self.validate and not dry_run and not status_only:
+            return self._store_unvalidated(resource, body, namespace, name)
         rules = self._rules[resource.plural]
         metadata = check_identity(resource, body)
         drop_unknown(body, rules.known_fields)
@@ -504,9 +515,16 @@ class Store:
         self._rules[SERVICES.plural] = ServiceRules(self.network)
         self._objects = loaded
         self._order = {plural: sorted(objects) for plural, objects in loaded.items()}
+        self._unvalidated.clear()
         for plural, objects in loaded.items():
             for stored in objects.values():
-                self._rules[plural].restore(stored.body)
+                try:
+                    self._rules[plural].restore(stored.body)
+                except Exception:
+                    if self.validate:
+                        raise
+                    # Junk saved by a server that did not validate: it holds nothing.
+                    self._unvalidated.add((plural, stored.key))
         self._resource_version = newest
         self._history.clear(newest)
 
@@ -530,9 +548,85 @@ class Store:
         self._publish(Change(version, resource.plural, event_type, stored.key, stored, previous))
         return stored
 
+    def _store_unvalidated(
+        self, resource: ResourceType, body: JsonObject, namespace: str | None, name: str | None
+    ) -> StoredObject:
+        """Create or replace an object without validation.
+
+        What the kind's rules accept (a valid object) is created or updated as always, on a
+        copy; anything else is stored exactly as sent, holding no addresses or ports. Only
+        what the storage itself needs is still required: a JSON object of the collection's
+        kind whose metadata is an object with a name (a non-empty string, the storage key);
+        a namespace that is not a string becomes the request's. The server's own metadata
+        (uid, resourceVersion, creationTimestamp) is set as on every write.
+        """
+        metadata = check_identity(resource, body)
+        if name is not None and not metadata.get("name"):
+            metadata["name"] = name
+        key_name = metadata.get("name")
+        if not isinstance(key_name, str) or not key_name:
+            raise errors.bad_request("metadata.name must be a non-empty string, even unvalidated")
+        if resource.namespaced:
+            if not isinstance(metadata.get("namespace"), str):
+                metadata["namespace"] = namespace or "default"
+            scope = str(metadata["namespace"])
+        else:
+            metadata.pop("namespace", None)
+            scope = ""
+        key = (scope, key_name)
+        old = self._objects[resource.plural].get(key)
+        marker = (resource.plural, key)
+        if marker not in self._unvalidated:
+            try:
+                if old is None:
+                    return self._validated_create(resource, copy.deepcopy(body), scope)
+                return self._validated_update(resource, copy.deepcopy(body), scope, key_name)
+            except ApiError as error:
+                if error.code == 409:
+                    raise
+            except Exception:  # junk the kind's rules cannot even read: stored as sent
+                pass
+        if old is not None:
+            # What a validated version held is given back: the new one holds nothing.
+            if marker not in self._unvalidated:
+                reservations = Reservations()
+                self._rules[resource.plural].release(old.body, reservations)
+                reservations.commit()
+            metadata["uid"] = old.metadata.get("uid")
+            metadata["creationTimestamp"] = old.metadata.get("creationTimestamp")
+        else:
+            metadata["uid"] = new_uid(self._random)
+            metadata["creationTimestamp"] = timestamp(self._clock)
+        metadata["resourceVersion"] = ""
+        self._unvalidated.add(marker)
+        event = EventType.ADDED if old is None else EventType.MODIFIED
+        return self._commit(resource, event, ordered(body), old)
+
+    def _validated_create(
+        self, resource: ResourceType, body: JsonObject, scope: str
+    ) -> StoredObject:
+        self.validate = True
+        try:
+            return self.create(resource, body, namespace=scope)
+        finally:
+            self.validate = False
+
+    def _validated_update(
+        self, resource: ResourceType, body: JsonObject, scope: str, name: str
+    ) -> StoredObject:
+        self.validate = True
+        try:
+            return self.update(resource, body, namespace=scope, name=name)
+        finally:
+            self.validate = False
+
     def _remove(self, resource: ResourceType, old: StoredObject) -> StoredObject:
         reservations = Reservations()
-        self._rules[resource.plural].release(old.body, reservations)
+        marker = (resource.plural, old.key)
+        if marker in self._unvalidated:
+            self._unvalidated.discard(marker)  # it held nothing
+        else:
+            self._rules[resource.plural].release(old.body, reservations)
         reservations.commit()
         self._resource_version += 1
         version = self._resource_version
