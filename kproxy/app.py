@@ -211,7 +211,7 @@ def _servers(service: ProxyService) -> Sequence[ListeningApp]:
     if config.healthz_bind_address:
         servers.append(HealthServer(service.health, config.healthz_bind_address))
     if config.metrics_bind_address:
-        servers.append(MetricsServer(service.metrics, config.metrics_bind_address))
+        servers.append(MetricsServer(service.metrics, config.metrics_bind_address, config))
     return servers
 
 
