@@ -188,6 +188,9 @@ async def _run_proxy(config: ProxyConfig) -> int:
         return 1
     # A one-shot run programs rules and leaves: no servers.
     servers = () if config.once else _servers(service)
+    if config.bind_address_hard_fail and not await _start_or_fail(servers):
+        await service.proxier.close()
+        return 1
     serving = [asyncio.create_task(_serve(server)) for server in servers]
     try:
         if config.from_file:
@@ -211,14 +214,29 @@ def _servers(service: ProxyService) -> Sequence[ListeningApp]:
     if config.healthz_bind_address:
         servers.append(HealthServer(service.health, config.healthz_bind_address))
     if config.metrics_bind_address:
-        servers.append(MetricsServer(service.metrics, config.metrics_bind_address))
+        servers.append(MetricsServer(service.metrics, config.metrics_bind_address, config))
     return servers
+
+
+async def _start_or_fail(servers: Sequence[ListeningApp]) -> bool:
+    """--bind-address-hard-fail: start every server now; False (logged, the ones started
+    closed again) when an address cannot be bound, as kube-proxy then exits."""
+    for server in servers:
+        try:
+            await server.start()
+        except OSError as error:
+            log.error("cannot serve %s on %s, exiting (--bind-address-hard-fail): %s",
+                      type(server).__name__, server.address, error)
+            for started in servers:
+                await started.close()
+            return False
+    return True
 
 
 async def _serve(server: ListeningApp) -> None:
     """Start ``server``; while its address cannot be bound, log it once and retry."""
     reported = False
-    while True:
+    while not server.running:
         try:
             await server.start()
         except OSError as error:

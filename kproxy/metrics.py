@@ -36,6 +36,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from kproxy.config.record import ProxyConfig
+from kproxy.configz import CONFIGZ_CONTENT_TYPE, configz_json
 from kproxy.healthz import ProxierHealth
 from kproxy.httpserve import ListeningApp
 from kproxy.iptables.topology import categorize_endpoints
@@ -326,8 +328,11 @@ def _bound(value: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-def metrics_application(metrics: ProxyMetrics) -> web.Application:
-    """``/metrics``, ``/proxyMode`` and ``/healthz``, as kube-proxy's metrics server."""
+def metrics_application(
+    metrics: ProxyMetrics, config: ProxyConfig | None = None
+) -> web.Application:
+    """``/metrics``, ``/proxyMode``, ``/healthz`` and (given ``config``) ``/configz``, as
+    kube-proxy's metrics server."""
 
     async def scrape(_request: web.Request) -> web.Response:
         response = web.Response(body=metrics.render())
@@ -344,6 +349,17 @@ def metrics_application(metrics: ProxyMetrics) -> web.Application:
         return web.Response(text="ok", content_type="text/plain")
 
     app = web.Application()
+    if config is not None:
+        document = configz_json(config)
+
+        async def configz(_request: web.Request) -> web.Response:
+            return web.Response(
+                body=document,
+                headers={"Content-Type": CONFIGZ_CONTENT_TYPE,
+                         "X-Content-Type-Options": "nosniff"},
+            )
+
+        app.router.add_get("/configz", configz)
     app.router.add_get("/metrics", scrape)
     app.router.add_get("/proxyMode", proxy_mode)
     app.router.add_get("/healthz", healthz)
@@ -351,5 +367,7 @@ def metrics_application(metrics: ProxyMetrics) -> web.Application:
 
 
 class MetricsServer(ListeningApp):
-    def __init__(self, metrics: ProxyMetrics, address: str) -> None:
-        super().__init__(metrics_application(metrics), address)
+    def __init__(
+        self, metrics: ProxyMetrics, address: str, config: ProxyConfig | None = None
+    ) -> None:
+        super().__init__(metrics_application(metrics, config), address)

@@ -159,6 +159,13 @@ KUBE_PROXY_FLAGS: tuple[FlagSpec, ...] = (
         in_config_file=True,
     ),
     FlagSpec(
+        "bind-address-hard-fail",
+        B,
+        "Exit (non-zero) when the health check or metrics server cannot bind its address, "
+        "instead of logging it and retrying.",
+        in_config_file=True,
+    ),
+    FlagSpec(
         "healthz-port",
         V,
         "Deprecated: health check port when --healthz-bind-address is "
@@ -263,7 +270,6 @@ KPROXY_FLAGS: tuple[FlagSpec, ...] = (
 # warning, so that an existing manifest starts instead of failing. True marks booleans.
 COMPATIBILITY_FLAGS: dict[str, bool] = {
     "bind-address": False,
-    "bind-address-hard-fail": True,
     "boot-id-file": False,
     "cleanup-iptables": True,
     "cleanup-ipvs": True,

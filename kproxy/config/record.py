@@ -92,6 +92,7 @@ class ProxyConfig:
     config_sync_period: float = DEFAULT_CONFIG_SYNC_PERIOD  # informer resync period
     healthz_bind_address: str = DEFAULT_HEALTHZ_BIND_ADDRESS  # "IP:port"; "" disables
     metrics_bind_address: str = DEFAULT_METRICS_BIND_ADDRESS  # "IP:port"; "" disables
+    bind_address_hard_fail: bool = False  # exit when the healthz or metrics port cannot bind
     verbosity: int = 0
     logging_format: LoggingFormat = LoggingFormat.TEXT
     from_file: str | None = None  # read objects from this file instead of the API

@@ -63,6 +63,7 @@ EFFECTIVE_FILE_FIELDS = frozenset(
         "bindAddress",
         "healthzBindAddress",
         "metricsBindAddress",
+        "bindAddressHardFail",
         "clusterCIDR",
         "detectLocalMode",
         "detectLocal.bridgeInterface",
@@ -169,6 +170,7 @@ class _Resolver:
             config_sync_period=self._config_sync_period(),
             healthz_bind_address=healthz,
             metrics_bind_address=metrics,
+            bind_address_hard_fail=self._bind_address_hard_fail(),
             verbosity=self._verbosity(),
             logging_format=self._logging_format(),
             from_file=self._optional_text("from-file"),
@@ -478,6 +480,11 @@ class _Resolver:
                 )
             )
         return result[0], result[1]
+
+    def _bind_address_hard_fail(self) -> bool:
+        if self.file is not None:
+            return bool(self.file.boolean("bindAddressHardFail"))
+        return self._flag_bool("bind-address-hard-fail", default=False)
 
     def _verbosity(self) -> int:
         given = self.flags.get("v")

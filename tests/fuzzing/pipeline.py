@@ -14,6 +14,7 @@ from typing import Any
 
 from kproxy.clock import FakeClock
 from kproxy.config import DetectLocalMode, ProxyConfig
+from kproxy.filesource import feed_objects
 from kproxy.iptables.context import plan_context
 from kproxy.iptables.fake import FakeBackend, FakeIptables
 from kproxy.iptables.planner import IncrementalPlanner
@@ -21,7 +22,6 @@ from kproxy.iptables.restore import join_payloads, render_full
 from kproxy.model.types import IPFamily
 from kproxy.objectfile import ClusterObjects
 from kproxy.rejections import RejectionLog
-from kproxy.sources import feed_objects
 from kproxy.state import StateTracker
 from kproxy.userspace.limits import RelayLimits
 from kproxy.userspace.proxier import UserspaceProxier

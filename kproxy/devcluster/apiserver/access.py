@@ -8,12 +8,17 @@ with the Status body the Kubernetes API server sends). Requests over the Unix so
 cluster admin's (``system:masters``): that socket is how a test driver or the demo, on the
 same machine, sets up objects. Every refusal is counted and remembered, so a test can assert
 that a client made no request outside its role.
+
+A token may carry an expiry (see :mod:`kproxy.devcluster.apiserver.tokenrotation`): past
+it, the token is answered 401 as the API server answers an expired bound ServiceAccount token.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from kproxy.devcluster.apiserver.errors import ApiError
@@ -49,15 +54,22 @@ class AccessControl:
     policy: Policy
     tokens: dict[str, UserInfo] = field(default_factory=dict)
     refusals: list[Refusal] = field(default_factory=list)
+    # token -> when it stops being accepted, on ``clock``; tokens not listed never expire.
+    expiries: dict[str, float] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic
 
-    def add_user(self, name: str, token: str | None = None) -> str:
-        """Make ``token`` (a new random one if None) identify user ``name``; returns it."""
+    def add_user(self, name: str, token: str | None = None, ttl: float | None = None) -> str:
+        """Make ``token`` (a new random one if None) identify user ``name`` (for ``ttl``
+        seconds from now, if given); returns it. The user's earlier tokens stay valid."""
         token = token or secrets.token_urlsafe(24)
         self.tokens[token] = UserInfo.authenticated(name)
+        if ttl is not None:
+            self.expiries[token] = self.clock() + ttl
         return token
 
     def token_of(self, name: str) -> str | None:
-        return next((t for t, user in self.tokens.items() if user.name == name), None)
+        """The user's newest token."""
+        return next((t for t, user in reversed(self.tokens.items()) if user.name == name), None)
 
     @property
     def forbidden_count(self) -> int:
@@ -76,7 +88,14 @@ class AccessControl:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer":
             return None
-        return self.tokens.get(token.strip())
+        token = token.strip()
+        if self.expired(token):
+            return None
+        return self.tokens.get(token)
+
+    def expired(self, token: str) -> bool:
+        expiry = self.expiries.get(token)
+        return expiry is not None and self.clock() >= expiry
 
     def check(
         self,
@@ -94,7 +113,9 @@ class AccessControl:
         request = request_attributes(method, path, route, watch=watch)
         user = self.authenticate(authorization, local_socket=local_socket)
         if user is None:
-            self._refuse(Refusal("(unknown token)", request.verb, _describe(request), 401))
+            token = (authorization or "").partition(" ")[2].strip()
+            who = "(expired token)" if self.expired(token) else "(unknown token)"
+            self._refuse(Refusal(who, request.verb, _describe(request), 401))
             return ApiError(401, "Unauthorized", "Unauthorized")
         if self.policy.allows(user, request):
             return None

@@ -13,6 +13,7 @@ from kproxy.devcluster.apiserver.manifests import ManifestError, read_manifests
 from kproxy.devcluster.apiserver.rbac import Policy, RbacError
 from kproxy.devcluster.apiserver.server import DevApiServer
 from kproxy.devcluster.apiserver.store import DEFAULT_SERVICE_CIDRS
+from kproxy.devcluster.apiserver.tokenrotation import REFRESH_FRACTION, TokenRotator
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(as a buggy or hostile admission chain could); only a name is still required",
     )
     parser.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="with --rbac: rotate the user's token as the kubelet rotates a projected "
+        "ServiceAccount token: write a fresh one to PATH at start and after "
+        f"{REFRESH_FRACTION:.0%} of --token-ttl, each accepted for --token-ttl; "
+        "--write-kubeconfig then names PATH as the user's tokenFile",
+    )
+    parser.add_argument(
+        "--token-ttl",
+        type=positive_seconds,
+        default=3600.0,
+        metavar="SECONDS",
+        help="with --token-file: lifetime of each token (default 3600, the kubelet's)",
+    )
+    parser.add_argument(
         "--bookmark-interval",
         type=positive_seconds,
         default=60.0,
@@ -141,8 +157,21 @@ def access_control(
     return access
 
 
+def token_rotator(
+    access: AccessControl | None, args: argparse.Namespace
+) -> TokenRotator | None:
+    """The ``--token-file``/``--token-ttl`` rotation; None without ``--token-file``."""
+    if not args.token_file:
+        return None
+    if access is None or args.token:
+        raise ValueError("--token-file needs --rbac, and replaces --token")
+    return TokenRotator(access, args.user or DEFAULT_RBAC_USER, args.token_file, args.token_ttl)
+
+
 async def serve(args: argparse.Namespace) -> int:
     access = access_control(args.rbac, args.user, args.token)
+    rotator = token_rotator(access, args)
+    rotating: asyncio.Task[None] | None = None
     server = DevApiServer(
         bookmark_interval=args.bookmark_interval,
         service_cidrs=args.service_cidr,
@@ -157,8 +186,12 @@ async def serve(args: argparse.Namespace) -> int:
             objects = read_manifests(path)
             server.load_objects(objects)
             log.info("loaded %d objects from %s", len(objects), path)
+        if rotator is not None:
+            rotator.rotate()  # the file exists before the kubeconfig names it
+            rotating = asyncio.create_task(_rotate_later(rotator))
         if args.write_kubeconfig:
-            server.write_kubeconfig(args.write_kubeconfig)
+            token_file = str(rotator.path.absolute()) if rotator is not None else None
+            server.write_kubeconfig(args.write_kubeconfig, token_file=token_file)
             log.info("wrote kubeconfig %s", args.write_kubeconfig)
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -174,11 +207,19 @@ async def serve(args: argparse.Namespace) -> int:
                 loop.remove_signal_handler(signum)
         log.info("shutting down")
     finally:
+        if rotating is not None:
+            rotating.cancel()
         await server.stop()
         if access is not None:
             log.info("%d forbidden and %d unauthorized requests",
                      access.forbidden_count, access.unauthorized_count)
     return 0
+
+
+async def _rotate_later(rotator: TokenRotator) -> None:
+    while True:
+        await asyncio.sleep(rotator.ttl * REFRESH_FRACTION)
+        rotator.rotate()
 
 
 def _expire(server: DevApiServer) -> None:

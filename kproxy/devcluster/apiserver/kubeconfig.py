@@ -1,4 +1,5 @@
-"""A kubeconfig for the dev API server: plain HTTP; a bearer token when access is enforced."""
+"""A kubeconfig for the dev API server: plain HTTP; a bearer token when access is enforced,
+inline or (with token rotation) as a ``tokenFile`` the client re-reads."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ CONTEXT_NAME = "kproxy-devapi"
 
 
 def kubeconfig_document(
-    server_url: str, namespace: str = "default", token: str | None = None
+    server_url: str, namespace: str = "default", token: str | None = None,
+    token_file: str | None = None,
 ) -> dict[str, object]:
     user: dict[str, str] = {"token": token} if token else {}
+    if token_file:
+        user = {"tokenFile": token_file}
     return {
         "apiVersion": "v1",
         "kind": "Config",
@@ -31,10 +35,11 @@ def kubeconfig_document(
 
 
 def write_kubeconfig(
-    path: str | os.PathLike[str], server_url: str, token: str | None = None
+    path: str | os.PathLike[str], server_url: str, token: str | None = None,
+    token_file: str | None = None,
 ) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    document = kubeconfig_document(server_url, token=token)
+    document = kubeconfig_document(server_url, token=token, token_file=token_file)
     target.write_text(yaml.safe_dump(document, sort_keys=False))
     return target

@@ -196,10 +196,13 @@ class DevApiServer:
         return [self._store.put(body) for body in bodies]
 
     def write_kubeconfig(
-        self, path: str | os.PathLike[str], *, user: str | None = None
+        self, path: str | os.PathLike[str], *, user: str | None = None,
+        token_file: str | None = None,
     ) -> Path:
         """A kubeconfig for this server; with access enforced, carrying ``user``'s token
-        (by default the first user's)."""
+        (by default the first user's), or naming ``token_file`` where a rotated token is."""
+        if token_file is not None:
+            return write_kubeconfig(path, self.url, token_file=token_file)
         token = None
         if self.access is not None:
             tokens = self.access.tokens
