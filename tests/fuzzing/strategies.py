@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_network
 from typing import Any
@@ -65,12 +66,17 @@ def valid_service(draw: st.DrawFn, name: str, namespace: str) -> dict[str, Any]:
     families = draw(st.sampled_from([["IPv4"], ["IPv6"], ["IPv4", "IPv6"], ["IPv6", "IPv4"]]))
     cluster_ips = [draw(FAMILY_IPS[family]) for family in families]
     names = draw(st.lists(st.sampled_from(PORT_NAMES), min_size=1, max_size=3, unique=True))
+    # The API server refuses two ports with the same port and protocol, or node port and
+    # protocol, in one Service.
+    numbers = draw(st.lists(port_numbers, min_size=len(names), max_size=len(names), unique=True))
+    node_port_numbers = draw(st.lists(node_ports, min_size=len(names), max_size=len(names),
+                                      unique=True))
     ports: list[dict[str, Any]] = []
-    for port_name in names:
+    for port_name, number, node_port in zip(names, numbers, node_port_numbers, strict=True):
         port: dict[str, Any] = {"name": port_name, "protocol": draw(st.sampled_from(PROTOCOLS)),
-                                "port": draw(port_numbers), "targetPort": draw(port_numbers)}
+                                "port": number, "targetPort": draw(port_numbers)}
         if service_type != "ClusterIP":
-            port["nodePort"] = draw(node_ports)
+            port["nodePort"] = node_port
         ports.append(port)
     spec: dict[str, Any] = {
         "type": service_type, "clusterIP": cluster_ips[0], "clusterIPs": cluster_ips,
@@ -187,10 +193,17 @@ bad_names = st.one_of(
                      "bad..x", "bad name", "10.0.0.0/8"]),
 )
 bad_namespaces = bad_names | st.just("")
-# Service port names (IANA_SVC_NAME) and EndpointSlice port names (DNS-1123 labels).
+# EndpointSlice and node names are DNS-1123 subdomains: up to 253 characters, dots between
+# labels allowed, so only those bad names that are not subdomains, and longer ones.
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+bad_subdomains = bad_names.filter(
+    lambda text: len(text) > 253 or not _SUBDOMAIN.fullmatch(text)
+) | st.integers(min_value=254, max_value=300).map(lambda n: "b" * n)
+# Service and EndpointSlice port names are DNS-1123 labels (the API server checks Service
+# port names so too; IANA_SVC_NAME is its rule for named target ports): "123" and "a--b" pass.
 bad_port_names = st.sampled_from([
-    "10.0.0.0/8", "HTTP", "a--b", "-http", "http-", "123", "http\x00", "ht tp", "h\u00e9",
-    "a" * 64, "http/tcp",
+    "10.0.0.0/8", "HTTP", "-http", "http-", "http\x00", "ht tp", "h\u00e9", "a" * 64,
+    "http/tcp", "a.b",
 ])
 bad_ips = st.sampled_from([
     "10.0.0.256", "not-an-ip", "10.0.0.1/24", "1.2.3", "::g", "10.0.0.1\x00", "", " ",
@@ -258,7 +271,7 @@ def _service_mutation(draw: st.DrawFn, service: dict[str, Any]) -> Any:
 @st.composite
 def _slice_mutation(draw: st.DrawFn, endpoint_slice: dict[str, Any]) -> Any:
     options: list[st.SearchStrategy[Any]] = [
-        bad_names.map(lambda v: _set(["metadata", "name"], v)),
+        bad_subdomains.map(lambda v: _set(["metadata", "name"], v)),
         bad_namespaces.map(lambda v: _set(["metadata", "namespace"], v)),
         bad_label_values.map(lambda v: _set(["metadata", "labels", SERVICE_NAME_LABEL], v)),
         st.sampled_from(["IPv5", "ipv4", "", 4]).map(lambda v: _set(["addressType"], v)),
@@ -283,8 +296,10 @@ def _slice_mutation(draw: st.DrawFn, endpoint_slice: dict[str, Any]) -> Any:
             bad_ips.map(lambda v: _set([*endpoint, "addresses", 0], v)),
             st.sampled_from(["true", 1, "yes"]).map(
                 lambda v: _set([*endpoint, "conditions", "ready"], v)),
-            bad_names.map(lambda v: _set([*endpoint, "nodeName"], v)),
-            bad_label_values.map(lambda v: _set([*endpoint, "zone"], v)),
+            bad_subdomains.map(lambda v: _set([*endpoint, "nodeName"], v)),
+            # The API server does not check an endpoint's zone, but its hints' zone names.
+            bad_label_values.map(lambda v: _set([*endpoint, "hints"],
+                                                {"forZones": [{"name": v}]})),
         ]
     return draw(st.one_of(options))
 
