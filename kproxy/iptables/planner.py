@@ -47,7 +47,9 @@ class _Inputs:
     """One port's planning inputs as the snapshot has them, and as the family sees them.
 
     A port with a string the payload cannot hold (:mod:`kproxy.renderable`) gets no view:
-    it is left out of the plan with ``skipped`` saying why, and nothing else changes.
+    it is left out of the plan with ``skipped`` saying why, and nothing else changes. The
+    port's own fields are checked before its family is looked at (a family could not even be
+    told apart in a malformed address), its endpoints only in the family they belong to.
     """
 
     __slots__ = ("endpoints", "family_endpoints", "port", "skipped", "view")

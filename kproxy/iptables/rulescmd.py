@@ -22,7 +22,7 @@ from kproxy.objectfile import load_object_file
 from kproxy.rejections import RejectionLog
 from kproxy.skipped import SkipReason, skipped_comment
 from kproxy.sources import feed_objects
-from kproxy.state import StateTracker
+from kproxy.state import Snapshot, StateTracker
 
 TOOLS = {IPFamily.IPV4: "iptables", IPFamily.IPV6: "ip6tables"}
 
@@ -34,7 +34,11 @@ def print_rules(config: ProxyConfig, out: TextIO) -> None:
     tracker = StateTracker()
     feed_objects(load_object_file(config.from_file), tracker, RejectionLog(),
                  node_name=config.hostname, proxy_name=config.service_proxy_name)
-    snapshot = tracker.snapshot()
+    write_rules(config, tracker.snapshot(), out)
+
+
+def write_rules(config: ProxyConfig, snapshot: Snapshot, out: TextIO) -> None:
+    """The payloads of a full sync of ``snapshot``, preceded by the ports left out."""
     planned: list[tuple[IPFamily, IncrementalPlanner, Ruleset]] = []
     skipped: dict[ServicePortName, SkipReason] = {}
     for family in (IPFamily.IPV4, IPFamily.IPV6):
