@@ -185,8 +185,9 @@ def test_userspace_portals_with_unrenderable_ports_load_with_the_good_services(
         view = family_view(service_port, family)
         if view is None:
             continue
-        family_endpoints = tuple(e for e in endpoints() if (":" in e.ip) == (":" in view.cluster_ip))
-        selection = select_port(view, family_endpoints, node_name="node-a", zone="")
+        ipv6 = family is IPFamily.IPV6
+        members = tuple(e for e in endpoints() if (":" in e.ip) == ipv6)
+        selection = select_port(view, members, node_name="node-a", zone="")
         selections.append(selection)
         for offset, scope in enumerate(Scope):
             listener_ports[selection.key(scope)] = 40000 + 2 * index + offset
