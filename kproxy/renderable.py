@@ -51,6 +51,10 @@ _PRINTABLE = re.compile(r"[ -~]*")
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
 _IPV6_CHARS = re.compile(r"[0-9a-fA-F:.]+")
+# Endpoint addresses already found good: most replans see the same ones again (a set lookup
+# costs a tenth of the regular expression). Bounded.
+_GOOD_IPS: set[str] = set()
+_MAX_GOOD_IPS = 1 << 20
 
 
 def text_problem(text: object, max_length: int = MAX_NAME_TEXT) -> str | None:
@@ -100,6 +104,63 @@ def service_port_problem(port: ServicePort, endpoints: Iterable[Endpoint] = ()) 
 
 def port_problem(port: ServicePort) -> str | None:
     """Why the port's own fields cannot be rendered, or None if they can."""
+    if _port_fine(port):
+        return None
+    return _port_problem(port)
+
+
+def endpoints_problem(endpoints: Iterable[Endpoint]) -> str | None:
+    """Why one of ``endpoints`` cannot be rendered, or None if all can."""
+    good = _GOOD_IPS
+    ipv4 = _IPV4.fullmatch
+    try:
+        for endpoint in endpoints:
+            number = endpoint.port
+            if type(number) is not int or not 0 < number < 65536:
+                return _endpoints_problem(endpoints)
+            ip = endpoint.ip
+            if ip in good:
+                continue
+            if ipv4(ip) is None and not (":" in ip and _ipv6_ok(ip)):
+                return _endpoints_problem(endpoints)
+            if len(good) >= _MAX_GOOD_IPS:
+                good.clear()
+            good.add(ip)
+    except TypeError:  # not a string (or not hashable)
+        return _endpoints_problem(endpoints)
+    return None
+
+
+def _port_fine(port: ServicePort) -> bool:
+    """The fast path of :func:`port_problem` (run for every changed port): True when the
+    port certainly renders; False sends it to the checks that say why not."""
+    name = port.name
+    try:
+        text = name.namespace + name.name + name.port
+        if len(text) > MAX_NAME_TEXT - 2 or _PRINTABLE.fullmatch(text) is None:
+            return False
+        number = port.port
+        if type(number) is not int or not 0 < number < 65536:
+            return False
+        if port.node_port is not None or port.health_check_node_port is not None:
+            return False  # rarer: checked in full
+        affinity = port.affinity_timeout_seconds
+        if type(affinity) is not int or not 0 < affinity <= MAX_AFFINITY_SECONDS:
+            return False
+        if (port.protocol.__class__ is not Protocol or name.protocol.__class__ is not Protocol
+                or port.external_traffic_policy.__class__ is not TrafficPolicy
+                or port.internal_traffic_policy.__class__ is not TrafficPolicy):
+            return False
+        ipv4 = _IPV4.fullmatch
+        for ip in port.cluster_ips:
+            if ipv4(ip) is None and not (":" in ip and _ipv6_ok(ip)):
+                return False
+    except TypeError:
+        return False
+    return not (port.external_ips or port.load_balancer_ips or port.load_balancer_source_ranges)
+
+
+def _port_problem(port: ServicePort) -> str | None:
     name = port.name
     for field, text in (("namespace", name.namespace), ("name", name.name),
                         ("port name", name.port)):
@@ -136,8 +197,7 @@ def port_problem(port: ServicePort) -> str | None:
     return None
 
 
-def endpoints_problem(endpoints: Iterable[Endpoint]) -> str | None:
-    """Why one of ``endpoints`` cannot be rendered, or None if all can."""
+def _endpoints_problem(endpoints: Iterable[Endpoint]) -> str | None:
     for endpoint in endpoints:
         if not ip_ok(endpoint.ip):
             return f"endpoint IP {_shown(endpoint.ip)} is not an IP address"
