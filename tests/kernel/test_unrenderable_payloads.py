@@ -7,10 +7,15 @@ the payload whole for any record. Each test uses its own network namespace.
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import json
+import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from types import MappingProxyType
 
 import pytest
@@ -197,3 +202,27 @@ def test_userspace_portals_with_unrenderable_ports_load_with_the_good_services(
     assert saved_chains(namespace, variant, family) == planned_chains(clean)
     assert any("REDIRECT" in rule for rule in planned_chains(clean)["nat"]
                ["KPROXY-PORTALS-CONTAINER"])
+
+
+_LIBIPTC_CHILD = """
+import json, sys
+from kproxy.iptables.libiptc_backend import LibiptcBackend
+from kproxy.iptables.ruleset import Table
+from kproxy.model.types import IPFamily
+payloads = json.load(sys.stdin)
+LibiptcBackend().restore_all(IPFamily.IPV4, {Table(t): text for t, text in payloads.items()})
+"""
+
+
+def test_libiptc_programs_the_good_services_beside_unrenderable_ports(
+        namespace: NetNamespace, tmp_path: Path) -> None:
+    """libiptc takes the same rules (IPv4: its IPv6 runs in a child process of its own)."""
+    if importlib.util.find_spec("iptc") is None:
+        pytest.fail("python-iptables is not installed (pip install 'kproxy[libiptc]')")
+    family = IPFamily.IPV4
+    ruleset = IncrementalPlanner(plan_context(CONFIG, NODE, family)).full(
+        snapshot(good_ports() + odd_ports() + bad_ports()))
+    payloads = {table.value: text for table, text in render_full(ruleset).items()}
+    namespace.run([sys.executable, "-c", _LIBIPTC_CHILD], input=json.dumps(payloads),
+                  timeout=120, env={**os.environ, "XTABLES_LOCKFILE": str(tmp_path / "lock")})
+    assert saved_chains(namespace, "legacy", family) == planned_chains(ruleset)
