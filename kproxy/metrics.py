@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -44,6 +45,7 @@ from kproxy.iptables.topology import categorize_endpoints
 from kproxy.model.types import ServicePortName
 from kproxy.proxier import SyncResult
 from kproxy.rejections import RejectionLog
+from kproxy.skipped import SkipKind, SkippedPorts
 from kproxy.state import Snapshot, StateTracker
 
 # kube-proxy: ExponentialBuckets(0.001, 2, 15) for every sync duration histogram.
@@ -208,6 +210,9 @@ class _ProxyCollector(Collector):
         stats = getattr(proxier, "stats", None)
         if stats is not None:
             yield from _userspace_families(stats)
+        skipped = getattr(proxier, "skipped", None)
+        if isinstance(skipped, SkippedPorts):
+            yield from _skipped_families(skipped)
         rejected = CounterMetricFamily(
             "kproxy_rejected_objects",
             "API objects or fields skipped because they cannot be honoured, by kind and "
@@ -309,6 +314,25 @@ def _iptables_families(record: Any) -> Iterator[Metric]:
     for table, rules in sorted(per_table.items()):
         rules_total.add_metric([table], rules)
     yield rules_total
+
+
+def _skipped_families(skipped: SkippedPorts) -> Iterator[Metric]:
+    started = CounterMetricFamily(
+        "kproxy_sync_proxy_rules_skipped_service_ports",
+        "Service ports the mode left out (a string its payload cannot hold, or something it "
+        "cannot serve), by kind; counted when a port starts being skipped or its reason changes",
+        labels=["kind"],
+    )
+    now = GaugeMetricFamily(
+        "kproxy_skipped_service_ports", "Service ports the mode leaves out now, by kind",
+        labels=["kind"],
+    )
+    current = Counter(reason.kind for reason in skipped.current.values())
+    for kind in SkipKind:
+        started.add_metric([kind.value], skipped.counts[kind])
+        now.add_metric([kind.value], current[kind])
+    yield started
+    yield now
 
 
 def _userspace_families(stats: object) -> Iterator[Metric]:

@@ -25,7 +25,7 @@ from kproxy.iptables.context import PlanContext
 from kproxy.iptables.dispatch import DispatchChanges, DispatchEntry, DispatchTree
 from kproxy.iptables.ruleset import BuiltinJump, Chain, Ruleset, RulesetDelta, Table, TableRules
 from kproxy.iptables.servicechains import ServicePortPlan, plan_service_port
-from kproxy.iptables.serviceview import family_endpoints, family_view
+from kproxy.iptables.serviceview import FamilyServicePort, family_endpoints, family_view
 from kproxy.iptables.staticchains import (
     BUILTIN_JUMPS,
     DispatchRoot,
@@ -33,6 +33,8 @@ from kproxy.iptables.staticchains import (
     static_chains,
 )
 from kproxy.model.types import Endpoint, IPFamily, Protocol, ServicePort, ServicePortName
+from kproxy.renderable import endpoints_problem, port_problem
+from kproxy.skipped import SkipKind, SkipReason
 from kproxy.state import Snapshot
 
 # kube-proxy's largeClusterEndpointsThreshold.
@@ -42,17 +44,34 @@ _TABLE_ORDER = (Table.NAT, Table.FILTER, Table.MANGLE)
 
 
 class _Inputs:
-    """One port's planning inputs as the snapshot has them, and as the family sees them."""
+    """One port's planning inputs as the snapshot has them, and as the family sees them.
 
-    __slots__ = ("endpoints", "family_endpoints", "port", "view")
+    A port with a string the payload cannot hold (:mod:`kproxy.renderable`) gets no view:
+    it is left out of the plan with ``skipped`` saying why, and nothing else changes. The
+    port's own fields are checked before its family is looked at (a family could not even be
+    told apart in a malformed address), its endpoints only in the family they belong to.
+    """
+
+    __slots__ = ("endpoints", "family_endpoints", "port", "skipped", "view")
 
     def __init__(
         self, port: ServicePort, endpoints: tuple[Endpoint, ...], family: IPFamily
     ) -> None:
         self.port = port
         self.endpoints = endpoints  # both families, as in the snapshot
-        self.view = family_view(port, family)  # None: no cluster IP of the family
-        self.family_endpoints = family_endpoints(endpoints, family) if self.view else ()
+        self.view: FamilyServicePort | None = None  # None: no cluster IP of the family
+        self.family_endpoints: tuple[Endpoint, ...] = ()
+        self.skipped: SkipReason | None = None
+        problem = port_problem(port)
+        if problem is None:
+            view = family_view(port, family)
+            if view is not None:
+                members = family_endpoints(endpoints, family)
+                problem = endpoints_problem(members)
+                if problem is None:
+                    self.view, self.family_endpoints = view, members
+        if problem is not None:
+            self.skipped = SkipReason(SkipKind.UNRENDERABLE, problem)
 
     def same_as(self, other: _Inputs) -> bool:
         return self.holds(other.port, other.endpoints)
@@ -85,6 +104,7 @@ class IncrementalPlanner:
         self._endpoint_comments = True
         self._no_local_internal = 0
         self._no_local_external = 0
+        self._skipped: dict[ServicePortName, SkipReason] = {}
         self._planned = False
 
     # -- what the proxier reads -------------------------------------------------------------
@@ -101,6 +121,11 @@ class IncrementalPlanner:
     @property
     def jumps(self) -> tuple[BuiltinJump, ...]:
         return BUILTIN_JUMPS
+
+    @property
+    def skipped(self) -> Mapping[ServicePortName, SkipReason]:
+        """The ports of the snapshot left out of the plan, and why (see :class:`_Inputs`)."""
+        return self._skipped
 
     @property
     def services_without_local_endpoints(self) -> tuple[int, int]:
@@ -205,6 +230,7 @@ class IncrementalPlanner:
         comments = total <= LARGE_CLUSTER_ENDPOINTS
         reuse_plans = comments == self._endpoint_comments
         self._ports = {}
+        self._skipped = {}
         self._total_endpoints = self._no_local_internal = self._no_local_external = 0
         self._endpoint_comments = comments
         for name, port_inputs, cached in inputs:
@@ -255,6 +281,8 @@ class IncrementalPlanner:
 
     def _store(self, name: ServicePortName, cached: _Cached) -> None:
         self._ports[name] = cached
+        if cached.inputs.skipped is not None:
+            self._skipped[name] = cached.inputs.skipped
         plan = cached.plan
         if plan is not None:
             self._total_endpoints += plan.endpoint_count
@@ -263,6 +291,7 @@ class IncrementalPlanner:
 
     def _forget(self, name: ServicePortName) -> None:
         cached = self._ports.pop(name, None)
+        self._skipped.pop(name, None)
         plan = cached.plan if cached is not None else None
         if plan is not None:
             self._total_endpoints -= plan.endpoint_count

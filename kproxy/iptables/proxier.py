@@ -40,8 +40,9 @@ from kproxy.iptables.planner import IncrementalPlanner
 from kproxy.iptables.restore import TableText, render_delta, render_full_pieces, table_pieces
 from kproxy.iptables.ruleset import Table
 from kproxy.iptables.staticchains import CANARY
-from kproxy.model.types import IPFamily
+from kproxy.model.types import IPFamily, ServicePortName
 from kproxy.proxier import SyncResult
+from kproxy.skipped import SkippedPorts, SkipReason
 from kproxy.state import Snapshot
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ class IptablesProxier:
         self._sysctls = sysctls or Sysctls()
         self._tcp_be_liberal = self._sysctls.read(TCP_BE_LIBERAL) == "1"
         self.record = SyncRecord()
+        self.skipped = SkippedPorts()
 
     @property
     def backend_name(self) -> str:
@@ -187,6 +189,7 @@ class IptablesProxier:
                 state.error = ""
                 state.backoff.reset()
                 self.record.failing_families.pop(family, None)
+        self._report_skipped()
         full = any(outcome.full for outcome in outcomes)
         self.record.last_rules_written = sum(outcome.rules_written for outcome in outcomes)
         self.record.last_jumps_added = sum(outcome.jumps_added for outcome in outcomes)
@@ -211,6 +214,14 @@ class IptablesProxier:
             endpoint_count, len(snapshot.changed), self.record.last_rules_written,
         )
         return SyncResult(True, full, len(snapshot.services), endpoint_count)
+
+    def _report_skipped(self) -> None:
+        """Every port a family's planner left out, logged once (see :mod:`kproxy.skipped`)."""
+        skipped: dict[ServicePortName, SkipReason] = {}
+        for state in self._state.values():
+            if state.planner is not None:
+                skipped.update(state.planner.skipped)
+        self.skipped.update(skipped)
 
     def _family_failed(self, state: _FamilyState, family: IPFamily, full: bool,
                        message: str) -> None:

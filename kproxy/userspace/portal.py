@@ -33,6 +33,7 @@ from kproxy.iptables.context import PlanContext, firewall_node_ip
 from kproxy.iptables.localdetect import with_source_match
 from kproxy.iptables.ruleset import Chain, Ruleset, Table, TableRules
 from kproxy.iptables.rulesyntax import LOOPBACK_CIDR, comment, host
+from kproxy.renderable import port_problem
 from kproxy.userspace.chains import (
     NODEPORT_CONTAINER,
     NODEPORT_HOST,
@@ -70,10 +71,16 @@ class PortRules:
 
 def plan_port(selection: PortSelection, ports: Mapping[ListenerKey, int],
               context: PlanContext) -> PortRules:
-    """The rules of one port; ``ports`` holds (at least) its listeners' ports."""
+    """The rules of one port; ``ports`` holds (at least) its listeners' ports.
+
+    Empty for a port with a string the payload cannot hold: the proxier skips (and reports)
+    such a port before selecting it; this keeps the payload whole for any other caller.
+    """
     if selection.view.family is not context.family:
         raise ValueError(f"{selection.view.name_text}: a {selection.view.family} port "
                          f"in the {context.family} plan")
+    if port_problem(selection.view.port) is not None:
+        return PortRules()
     rules = _Rules()
     _PortRules(selection, ports, context, rules).add()
     return PortRules(tuple(rules.container), tuple(rules.host),

@@ -12,8 +12,9 @@ iptables mode's rules, so that a node switching modes has no window without forw
 ``close()`` stops accepting, lets established connections run for the drain grace, then
 removes the portal rules.
 
-SCTP ports are not relayed (kube-proxy's userspace mode had no SCTP either): each is
-logged once and left alone.
+SCTP ports are not relayed (kube-proxy's userspace mode had no SCTP either), and a port
+with a string the portal rules cannot hold (:mod:`kproxy.renderable`) is left out: each is
+logged once (:mod:`kproxy.skipped`) and left alone, and every other port is served.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from kproxy.iptables.restore import render_full
 from kproxy.iptables.serviceview import family_endpoints, family_view
 from kproxy.model.types import Endpoint, IPFamily, Protocol, ServicePort, ServicePortName
 from kproxy.proxier import SyncResult
+from kproxy.renderable import endpoints_problem, port_problem
+from kproxy.skipped import SkipKind, SkippedPorts, SkipReason
 from kproxy.state import Snapshot
 from kproxy.userspace.limits import ConnectionBudget, RelayLimits
 from kproxy.userspace.portal import PortRules, assemble_portals, plan_port
@@ -115,7 +118,7 @@ class UserspaceProxier:
         self._wanted: dict[ListenerKey, _Wanted] = {}  # every listener a plan asks for
         self._replan_all = True
         self._last_full: float | None = None
-        self._skipped_protocols: set[ServicePortName] = set()
+        self.skipped = SkippedPorts()
         self._closed = False
         self.last_error = ""
 
@@ -134,6 +137,7 @@ class UserspaceProxier:
         dropped: set[ListenerKey] = set()
         for family in self._families:
             self._select(family, snapshot, only, touched, dropped)
+        self._report_skipped()
         errors = await self._open_and_update(touched)
         self._replan_all = bool(errors)
         try:
@@ -193,12 +197,14 @@ class UserspaceProxier:
         membership_changed = False
         if only is None:
             for name in [name for name in plans.ports if name not in snapshot.services]:
+                plans.skipped.pop(name, None)
                 self._forget_plan(plans.ports.pop(name), dropped)
                 membership_changed = True
         for name in names:
             port = snapshot.services.get(name)
             cached = plans.ports.get(name)
             if port is None:
+                plans.skipped.pop(name, None)
                 if cached is not None:
                     self._forget_plan(plans.ports.pop(name), dropped)
                     membership_changed = True
@@ -212,7 +218,11 @@ class UserspaceProxier:
                 membership_changed = True
             else:
                 self._forget_plan(cached, dropped)
-            selection = self._select_port(family, name, port, endpoints, zone)
+            selection, skipped = self._select_port(family, port, endpoints, zone)
+            if skipped is None:
+                plans.skipped.pop(name, None)
+            else:
+                plans.skipped[name] = skipped
             plan = plans.ports[name] = _PortPlan(port, endpoints, selection, _wanted(selection))
             self._wanted.update(plan.wanted)
             touched.update(plan.wanted)
@@ -224,19 +234,29 @@ class UserspaceProxier:
             self._wanted.pop(key, None)
             dropped.add(key)
 
-    def _select_port(self, family: IPFamily, name: ServicePortName, port: ServicePort,
-                     endpoints: tuple[Endpoint, ...], zone: str) -> PortSelection | None:
+    def _select_port(self, family: IPFamily, port: ServicePort, endpoints: tuple[Endpoint, ...],
+                     zone: str) -> tuple[PortSelection | None, SkipReason | None]:
+        """The port's selection in ``family`` (None: not relayed), or why it is skipped."""
+        problem = port_problem(port)
+        if problem is not None:
+            return None, SkipReason(SkipKind.UNRENDERABLE, problem)
         if port.protocol not in RELAYED_PROTOCOLS:
-            if name not in self._skipped_protocols:
-                self._skipped_protocols.add(name)
-                log.warning("%s: %s is not supported in userspace mode; not forwarded",
-                            name, port.protocol.value)
-            return None
+            return None, SkipReason(SkipKind.UNSUPPORTED,
+                                    f"{port.protocol.value} is not supported in userspace mode")
         view = family_view(port, family)
         if view is None:
-            return None
-        return select_port(view, family_endpoints(endpoints, family),
-                           node_name=self._config.hostname, zone=zone)
+            return None, None
+        members = family_endpoints(endpoints, family)
+        problem = endpoints_problem(members)
+        if problem is not None:
+            return None, SkipReason(SkipKind.UNRENDERABLE, problem)
+        return select_port(view, members, node_name=self._config.hostname, zone=zone), None
+
+    def _report_skipped(self) -> None:
+        skipped: dict[ServicePortName, SkipReason] = {}
+        for plans in self._plans.values():
+            skipped.update(plans.skipped)
+        self.skipped.update(skipped)
 
     async def _open_and_update(self, wanted: Mapping[ListenerKey, _Wanted]) -> list[str]:
         errors: list[str] = []
@@ -334,6 +354,7 @@ class _PortPlan:
 class _FamilyPlans:
     order: list[ServicePortName] = field(default_factory=list)  # the ports' names, sorted
     zone: str | None = None  # the node's zone the selections were made for
+    skipped: dict[ServicePortName, SkipReason] = field(default_factory=dict)  # and why
     ports: dict[ServicePortName, _PortPlan] = field(default_factory=dict)
     context: PlanContext | None = None
 

@@ -222,6 +222,23 @@ async def test_sctp_is_skipped_and_the_rest_forwarded() -> None:
     assert await world.sync()
     assert [listener.key.name.protocol for listener in world.opened] == [Protocol.TCP]
     assert "sctp" not in world.nat_rules()
+    assert [(str(name), str(reason)) for name, reason in world.proxier.skipped.current.items()
+            ] == [("default/mixed:s/SCTP", "unsupported: SCTP is not supported in userspace mode")]
+
+
+async def test_an_unrenderable_port_is_skipped_and_the_rest_forwarded() -> None:
+    world = World()
+    world.tracker.upsert_service(service("web", "10.96.0.10", HTTP))
+    world.tracker.upsert_endpoint_slice(endpoints("web", "10.244.1.2"))
+    assert await world.sync()
+    rules = world.nat_rules()
+    # Built directly: the model would reject the name, the renderer must not rely on it.
+    bad = service("bad\x00", "10.96.0.11", HTTP)
+    world.tracker.upsert_service(bad)
+    assert await world.sync()
+    assert world.nat_rules() == rules
+    assert [str(reason) for reason in world.proxier.skipped.current.values()] == [
+        "unrenderable: name contains control character '\\x00'"]
 
 
 async def test_close_drains_then_removes_the_portals() -> None:
