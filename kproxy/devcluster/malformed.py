@@ -21,8 +21,9 @@ ApiObject = dict[str, Any]
 BAD_NAMES = ("Bad", "bad\x00name", "bad\x1bname", "bad\nname", "b\u00e9d", "bad\u202ename",
              "-bad", "bad-", "bad..x", "bad name", "10.0.0.0/8", "b" * 300)
 BAD_NAMESPACES = ("", "Default", "team\x00a", "t\u00e9am", "-ns", "n" * 70)
-BAD_PORT_NAMES = ("10.0.0.0/8", "HTTP", "a--b", "-http", "http-", "123", "http\x00",
-                  "ht tp", "h\u00e9", "a" * 64)
+# Port names are DNS-1123 labels to the API server ("123" and "a--b" are valid ones).
+BAD_PORT_NAMES = ("10.0.0.0/8", "HTTP", "-http", "http-", "http\x00", "ht tp", "h\u00e9",
+                  "a" * 64, "a.b")
 BAD_PORTS: tuple[Any, ...] = (0, -1, 65536, 2**40, "80", "8080", 80.5, True, [], {})
 BAD_IPS = ("10.0.0.256", "not-an-ip", "10.0.0.1/24", "1.2.3", "::g", "10.0.0.1\x00", " ",
            "fe80::1%eth0", "\u0661.2.3.4")
@@ -34,19 +35,26 @@ Mutation = Callable[[ApiObject, random.Random], None]
 
 
 def _service(name: str, rng: random.Random) -> ApiObject:
+    """A Service the API server accepts, before its one mutation: node ports only for the
+    types that have them, source ranges only for a LoadBalancer."""
+    service_type = rng.choice(["ClusterIP", "NodePort", "LoadBalancer"])
+    port: ApiObject = {"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}
+    spec: ApiObject = {
+        "type": service_type,
+        "clusterIP": f"10.96.{rng.randint(1, 254)}.{rng.randint(1, 254)}",
+        "ports": [port],
+        "externalIPs": ["198.51.100.7"],
+        "sessionAffinity": "ClientIP",
+        "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}},
+    }
+    if service_type != "ClusterIP":
+        port["nodePort"] = 30000 + rng.randint(0, 2767)
+    if service_type == "LoadBalancer":
+        spec["loadBalancerSourceRanges"] = ["10.0.0.0/8"]
     return {
         "apiVersion": "v1", "kind": "Service",
         "metadata": {"name": name, "namespace": "default"},
-        "spec": {
-            "type": rng.choice(["ClusterIP", "NodePort", "LoadBalancer"]),
-            "clusterIP": f"10.96.{rng.randint(1, 254)}.{rng.randint(1, 254)}",
-            "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080,
-                       "nodePort": 30000 + rng.randint(0, 2767)}],
-            "externalIPs": ["198.51.100.7"],
-            "loadBalancerSourceRanges": ["10.0.0.0/8"],
-            "sessionAffinity": "ClientIP",
-            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 600}},
-        },
+        "spec": spec,
     }
 
 
@@ -76,11 +84,12 @@ SERVICE_MUTATIONS: tuple[Mutation, ...] = (
     _setter("metadata", "namespace", values=BAD_NAMESPACES),
     _setter("spec", "ports", 0, "name", values=BAD_PORT_NAMES),
     _setter("spec", "ports", 0, "port", values=BAD_PORTS),
-    _setter("spec", "ports", 0, "nodePort", values=BAD_PORTS),
+    # nodePort 0 is "none allocated", which the API accepts.
+    _setter("spec", "ports", 0, "nodePort", values=tuple(p for p in BAD_PORTS if p != 0)),
     _setter("spec", "ports", 0, "protocol", values=BAD_PROTOCOLS),
     _setter("spec", "clusterIP", values=BAD_IPS),
     _setter("spec", "externalIPs", 0, values=BAD_IPS),
-    _setter("spec", "loadBalancerSourceRanges", 0, values=BAD_CIDRS),
+    _setter("spec", "loadBalancerSourceRanges", values=tuple([cidr] for cidr in BAD_CIDRS)),
     _setter("spec", "sessionAffinityConfig", "clientIP", "timeoutSeconds",
             values=(0, 86401, "600", -1)),
     _setter("spec", values=WRONG_TYPES),
@@ -98,7 +107,8 @@ SLICE_MUTATIONS: tuple[Mutation, ...] = (
     _setter("endpoints", 0, "addresses", 0, values=BAD_IPS),
     _setter("endpoints", 0, "conditions", "ready", values=("true", 1)),
     _setter("endpoints", 0, "nodeName", values=BAD_NAMES),
-    _setter("endpoints", values=WRONG_TYPES),
+    # A null endpoints list is an empty one to the API.
+    _setter("endpoints", values=tuple(v for v in WRONG_TYPES if v is not None)),
 )
 
 

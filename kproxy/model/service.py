@@ -132,6 +132,11 @@ def _service_info(
     load_balancer_ips = _load_balancer_ips(obj.get("status"))
     if service_type is ServiceType.EXTERNAL_NAME:
         _external_name(spec)
+    if not raw_ports and service_type is not ServiceType.EXTERNAL_NAME and not _headless(spec):
+        # The API's "spec.ports: Required value": only headless and ExternalName services may
+        # have none. Accepting it would let a broken update empty a served service.
+        raise Invalid("spec.ports", "missing: a service that is not headless needs a port",
+                      RejectReason.MISSING)
     port_fields = _ports(raw_ports, service_type)
     if service_type is ServiceType.EXTERNAL_NAME or not cluster_ips:
         return ServiceInfo(meta.namespace, meta.name)
@@ -176,6 +181,13 @@ def _enum(spec: Mapping[str, Any], key: str, values: Mapping[object, Any], defau
         raise Invalid(f"spec.{key}", f"unsupported value {describe(raw)}",
                       RejectReason.UNSUPPORTED_VALUE)
     return value
+
+
+def _headless(spec: Mapping[str, Any]) -> bool:
+    """clusterIP (or clusterIPs[0]) is "None"."""
+    raw = spec.get("clusterIPs")
+    first = raw[0] if type(raw) is list and raw else spec.get("clusterIP")
+    return bool(first == "None")
 
 
 def _cluster_ips(spec: Mapping[str, Any], service_type: ServiceType) -> tuple[str, ...]:

@@ -354,9 +354,15 @@ def _parsed(port_entry: dict[str, Any]) -> Parsed[ServiceInfo]:
     return parse_service(service(ports=[port_entry]))
 
 
-def test_a_service_without_ports_has_no_service_ports() -> None:
-    assert ok(parse_service(service(ports=None))).ports == ()
-    assert ok(parse_service(service(ports=[]))).ports == ()
+def test_a_service_without_ports_is_rejected_unless_headless() -> None:
+    # The API server requires a port of every service but headless and ExternalName ones.
+    assert rejected(parse_service(service(ports=None))) == ("spec.ports", RejectReason.MISSING)
+    assert rejected(parse_service(service(ports=[]))) == ("spec.ports", RejectReason.MISSING)
+    for headless in ({"clusterIP": "None", "clusterIPs": ["None"]},
+                     {"clusterIP": "None", "clusterIPs": None}):
+        assert ok(parse_service(service(ports=[], **headless))).ports == ()
+    assert ok(parse_service(service(type="ExternalName", externalName="db.example.com",
+                                    clusterIP=None, clusterIPs=None, ports=None))).ports == ()
 
 
 # --- node ports -------------------------------------------------------------------------
