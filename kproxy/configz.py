@@ -98,6 +98,7 @@ def effective_settings(config: ProxyConfig) -> dict[str, object]:
         "healthzBindAddress": config.healthz_bind_address,
         "metricsBindAddress": config.metrics_bind_address,
         "bindAddressHardFail": config.bind_address_hard_fail,
+        "bindAddress": config.bind_address,
         "iptables.masqueradeAll": config.masquerade_all,
         "iptables.masqueradeBit": config.masquerade_bit,
         "iptables.localhostNodePorts": config.localhost_nodeports,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -159,6 +160,15 @@ KUBE_PROXY_FLAGS: tuple[FlagSpec, ...] = (
         in_config_file=True,
     ),
     FlagSpec(
+        "bind-address",
+        V,
+        "Overrides the node's IP of that address's family (NodePorts on --nodeport-addresses="
+        "primary, the loadBalancerSourceRanges check of the node's own traffic); nothing binds "
+        "to it, the name is kube-proxy's. 0.0.0.0 or :: (the default) keeps the Node's IPs.",
+        "IP",
+        in_config_file=True,
+    ),
+    FlagSpec(
         "bind-address-hard-fail",
         B,
         "Exit (non-zero) when the health check or metrics server cannot bind its address, "
@@ -269,7 +279,6 @@ KPROXY_FLAGS: tuple[FlagSpec, ...] = (
 # kube-proxy flags a DaemonSet may pass that have no meaning for kproxy: accepted, with a
 # warning, so that an existing manifest starts instead of failing. True marks booleans.
 COMPATIBILITY_FLAGS: dict[str, bool] = {
-    "bind-address": False,
     "boot-id-file": False,
     "cleanup-iptables": True,
     "cleanup-ipvs": True,
@@ -385,7 +394,15 @@ def normalise_argv(argv: Sequence[str]) -> list[str]:
 
 
 class GoFlagHelpFormatter(argparse.HelpFormatter):
-    """Shows booleans as pflag does, ``--masquerade-all[=true|false]``."""
+    """Shows booleans as pflag does, ``--masquerade-all[=true|false]``, and never breaks a
+    line inside a word at its hyphens, so that flag names stay whole."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent,
+                             subsequent_indent=indent, break_on_hyphens=False)
 
     def _format_action_invocation(self, action: argparse.Action) -> str:
         if isinstance(action, _RecordBool):

@@ -93,6 +93,9 @@ class ProxyConfig:
     healthz_bind_address: str = DEFAULT_HEALTHZ_BIND_ADDRESS  # "IP:port"; "" disables
     metrics_bind_address: str = DEFAULT_METRICS_BIND_ADDRESS  # "IP:port"; "" disables
     bind_address_hard_fail: bool = False  # exit when the healthz or metrics port cannot bind
+    # kube-proxy's --bind-address / bindAddress: despite the name, nothing binds to it; an
+    # address that is not 0.0.0.0 or :: replaces the node IP of its family.
+    bind_address: str = "0.0.0.0"
     verbosity: int = 0
     logging_format: LoggingFormat = LoggingFormat.TEXT
     from_file: str | None = None  # read objects from this file instead of the API
@@ -109,3 +112,8 @@ class ProxyConfig:
     cleanup_and_exit: bool = False  # kube-proxy's --cleanup
     init_only: bool = False  # kube-proxy's --init-only: kproxy has no privileged setup step
     notices: tuple[Notice, ...] = field(default=(), compare=False)
+
+    @property
+    def node_ip_override(self) -> str | None:
+        """The node IP --bind-address sets for its family, or None (unspecified address)."""
+        return None if self.bind_address in ("0.0.0.0", "::") else self.bind_address

@@ -171,6 +171,7 @@ class _Resolver:
             healthz_bind_address=healthz,
             metrics_bind_address=metrics,
             bind_address_hard_fail=self._bind_address_hard_fail(),
+            bind_address=self._bind_address(),
             verbosity=self._verbosity(),
             logging_format=self._logging_format(),
             from_file=self._optional_text("from-file"),
@@ -480,6 +481,14 @@ class _Resolver:
                 )
             )
         return result[0], result[1]
+
+    def _bind_address(self) -> str:
+        """kube-proxy's bindAddress: from the file when there is one (the flag is then
+        ignored, as kube-proxy ignores it), else from --bind-address."""
+        if self.file is not None:
+            text = self.file.string("bindAddress") or "0.0.0.0"
+            return _convert("bindAddress", self.file.path, addresses.parse_ip, text)
+        return self._flag("bind-address", addresses.parse_ip, "0.0.0.0")
 
     def _bind_address_hard_fail(self) -> bool:
         if self.file is not None:

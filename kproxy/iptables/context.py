@@ -86,7 +86,9 @@ def plan_context(
     prefer_same_node_hints: bool = False,
 ) -> PlanContext:
     """The context kube-proxy's proxier for ``family`` would run with."""
-    node_ip = primary_node_ip(node, family)
+    override = config.node_ip_override
+    node_ip = override if override is not None and _is(override, family) else (
+        primary_node_ip(node, family))
     nodeport_cidrs = _nodeport_cidrs(config.nodeport_addresses, node_ip, family)
     localhost_nodeports = (
         family is IPFamily.IPV4

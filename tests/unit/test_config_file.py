@@ -433,6 +433,13 @@ def test_file_values_win_over_flags(tmp_path: Path) -> None:
     )
 
 
+def test_bind_address_comes_from_the_file_and_the_flag_is_ignored(tmp_path: Path) -> None:
+    assert load(tmp_path, 'bindAddress: "192.168.0.9"\n', "--bind-address=10.0.0.1"
+                ).node_ip_override == "192.168.0.9"
+    assert load(tmp_path, "mode: iptables\n", "--bind-address=10.0.0.1").node_ip_override is None
+    assert load(tmp_path, 'bindAddress: "::"\n').node_ip_override is None
+
+
 def test_flags_with_a_file_field_are_ignored_even_if_the_file_omits_it(tmp_path: Path) -> None:
     # kube-proxy replaces its whole flag-built configuration with the (defaulted) file.
     config = load(

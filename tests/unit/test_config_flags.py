@@ -116,6 +116,11 @@ GO_FALSE = ["0", "f", "F", "FALSE", "false", "False"]
         (["--iptables-sync-period", "1h2m3.5s"], "sync_period", 3723.5),
         (["--iptables-min-sync-period=500ms"], "min_sync_period", 0.5),
         (["--iptables-min-sync-period=0"], "min_sync_period", 0.0),
+        (["--bind-address=192.168.0.9"], "bind_address", "192.168.0.9"),
+        (["--bind-address=fd00:0::9"], "bind_address", "fd00::9"),
+        (["--bind-address=::"], "node_ip_override", None),
+        (["--bind-address=10.1.1.1"], "node_ip_override", "10.1.1.1"),
+        ([], "node_ip_override", None),
         (["--config-sync-period=5m"], "config_sync_period", 300.0),
         (["--healthz-bind-address=127.0.0.1:9999"], "healthz_bind_address", "127.0.0.1:9999"),
         (["--healthz-bind-address=::1"], "healthz_bind_address", "[::1]:10256"),
@@ -218,6 +223,7 @@ INVALID_FLAGS: list[tuple[list[str], str, str]] = [
     ),
     (["--config-sync-period=0s"], "--config-sync-period", "must be greater than 0"),
     (["--healthz-bind-address=localhost:10256"], "--healthz-bind-address", "IP address"),
+    (["--bind-address=node-a"], "--bind-address", "IP address"),
     (["--healthz-bind-address=:10256"], "--healthz-bind-address", "IP address"),
     (["--healthz-bind-address=1.2.3.4:0"], "--healthz-bind-address", "port must be"),
     (["--healthz-bind-address=1.2.3.4:99999"], "--healthz-bind-address", "port must be"),
@@ -332,9 +338,9 @@ def test_a_classic_kube_proxy_command_line() -> None:
     assert config.detect_local_mode is DetectLocalMode.CLUSTER_CIDR
     assert config.kubeconfig == "/etc/kubernetes/kube-proxy.kubeconfig"
     assert config.verbosity == 2
+    assert config.node_ip_override == "10.12.51.171"  # --bind-address: the node's IPv4 IP
     warned = sorted(notice.message.split()[1] for notice in config.notices)
     assert warned == [
-        "--bind-address",
         "--conntrack-max-per-core",
         "--feature-gates",
         "--ipvs-min-sync-period",

@@ -48,6 +48,21 @@ def test_primary_node_ip_prefers_internal_addresses(
     assert primary_node_ip(NodeInfo("n", addresses=addresses), IPFamily.IPV4) == expected
 
 
+def test_bind_address_replaces_the_node_ip_of_its_family_only() -> None:
+    # kube-proxy's --bind-address (bindAddress): despite its name, the node IP of its family.
+    config = ProxyConfig(hostname="node-a", bind_address="10.9.9.9",
+                         nodeport_addresses=("primary",))
+    ipv4 = plan_context(config, NODE, IPFamily.IPV4)
+    assert (ipv4.node_ip, ipv4.nodeport_cidrs, firewall_node_ip(ipv4)) == (
+        "10.9.9.9", ("10.9.9.9/32",), "10.9.9.9")
+    assert plan_context(config, NODE, IPFamily.IPV6).node_ip == "fd00::5"
+    assert plan_context(config, None, IPFamily.IPV4).node_ip == "10.9.9.9"
+    for unspecified in ("0.0.0.0", "::"):
+        config = ProxyConfig(hostname="node-a", bind_address=unspecified)
+        assert plan_context(config, NODE, IPFamily.IPV4).node_ip == "192.168.0.5"
+        assert plan_context(config, NODE, IPFamily.IPV6).node_ip == "fd00::5"
+
+
 def test_without_node() -> None:
     context = plan_context(BASE, None, IPFamily.IPV4)
     assert (context.zone, context.pod_cidrs, context.node_ip) == ("", (), None)
